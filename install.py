@@ -1,0 +1,52 @@
+"""Installs what lora-syntax needs into the running Python.
+
+A1111 and SD.Next run an extension's ``install.py`` at start-up; it is also usable standalone
+(``python install.py``). It never installs or replaces torch: the host's build (CUDA, ROCm...)
+must stay as it is.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
+
+
+def missing_requirements(path: Path = REQUIREMENTS) -> list[str]:
+    """The lines of ``requirements.txt`` whose package is not installed (versions are not forced)."""
+    missing = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if not requirement:
+            continue
+        package = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        if package.lower() == "torch":
+            continue
+        try:
+            importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(requirement)
+    return missing
+
+
+def install(requirements: list[str]) -> None:
+    """pip-install ``requirements`` into this interpreter."""
+    if requirements:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", *requirements])
+
+
+def main() -> int:
+    needed = missing_requirements()
+    if needed:
+        print(f"lora-syntax: installing {', '.join(needed)}")
+        install(needed)
+    return 0
+
+
+if __name__ in ("__main__", "install"):
+    # A1111/SD.Next import this file as a module named "install"; standalone runs it as __main__.
+    main()
