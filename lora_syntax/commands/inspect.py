@@ -1,0 +1,152 @@
+"""``inspect FILE``: what a LoRA file is, and how many of its keys map onto an architecture's modules.
+
+The module tree is built from the architecture's reference config on the ``meta`` device, so no
+model weights are needed. Exit status: 0 when every key maps, 1 when some keys do not (or no
+architecture could be chosen), 2 for a file that cannot be used or the wrong ``--arch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArchitectureMismatchError, LoraFileError
+
+HELP = "Show a LoRA file's format, architecture, rank, trigger words and which keys map onto the model."
+ARCHITECTURES = ("sd15", "sd2", "sdxl", "flux")
+DISPLAY = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
+_LONG_VALUE = 120  # metadata values longer than this are summarised by their length
+_TEXT_METADATA = 25  # metadata keys listed in text output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="a .safetensors LoRA file")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
+                        help="map against this architecture instead of the detected one")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def display(architecture: str | None) -> str:
+    return DISPLAY.get(architecture or "", architecture or "unknown")
+
+
+def with_article(architecture: str) -> str:
+    """"an SDXL", "a FLUX.1": SD is read letter by letter."""
+    shown = display(architecture)
+    return f"{'an' if shown.startswith('SD') else 'a'} {shown}"
+
+
+def reference_tree(architecture: str) -> Any:
+    """The architecture's full-size module tree on the ``meta`` device (formats area)."""
+    for module_name in ("lora_syntax.keymaps.reference", "lora_syntax.keymaps.tree"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, "reference_tree"):
+            return module.reference_tree(architecture)
+    raise ImportError("lora_syntax.keymaps.reference.reference_tree is not available")
+
+
+def choose_architecture(path: Path, detected: str | None, requested: str | None) -> str | None:
+    """``--arch`` when given and compatible with what the file says; else the detected one."""
+    if requested and detected and requested != detected:
+        raise ArchitectureMismatchError(
+            f"LoRA file '{path}' is {with_article(detected)} LoRA; --arch {requested} ({display(requested)}) "
+            f"does not fit it. Use --arch {detected}, or leave --arch out.",
+            path=path, lora_architecture=detected, model_architecture=requested)
+    return requested or detected
+
+
+def map_keys(path: Path, architecture: str, key_count: int) -> dict[str, Any]:
+    """Load the file against the reference tree: matched/unmatched keys and the loader's own findings."""
+    try:
+        loader = importlib.import_module("lora_syntax.loader")
+        tree = reference_tree(architecture)
+    except ImportError as error:
+        return {"matched": None, "unmatched": [], "mapping_error": f"key mapping unavailable: {error}"}
+    loaded = loader.load_lora(path, tree, name=path.stem)
+    unmatched = sorted(loaded.unmatched)
+    mapped = {key for patch in loaded.patches for key in patch.source_keys}
+    return {"matched": len(mapped) if mapped else key_count - len(unmatched), "unmatched": unmatched,
+            "modules": len({patch.target for patch in loaded.patches}), "format": loaded.format,
+            "adapter_types": sorted(loaded.adapter_types), "mapping_error": None}
+
+
+def summarise(metadata: dict[str, str]) -> dict[str, str]:
+    """Metadata for display: long values (thumbnails, tag frequencies) replaced by their size."""
+    return {key: value if len(value) <= _LONG_VALUE else f"<{len(value)} characters>"
+            for key, value in sorted(metadata.items())}
+
+
+def report(path: Path, requested: str | None) -> dict[str, Any]:
+    """Everything ``inspect`` shows, as one JSON-ready dict."""
+    from ..io import read_header
+    from ..metadata import read_info
+
+    header = read_header(path)
+    info = read_info(path, header=header)
+    architecture = choose_architecture(path, info.architecture, requested)
+    result: dict[str, Any] = {
+        "file": str(path), "size": path.stat().st_size, "tensors": len(header.shapes),
+        "architecture": architecture, "detected_architecture": info.architecture, "format": info.format,
+        "adapter_types": list(info.adapter_types), "rank": info.rank, "alpha": info.alpha,
+        "trainer": info.trainer, "base_model": info.base_model, "trigger_words": list(info.trigger_words),
+        "preferred_weight": info.preferred_weight, "negative_text": info.negative_text, "notes": info.notes,
+        "preview": str(info.preview) if info.preview else None, "metadata": summarise(info.metadata),
+        "matched": None, "modules": None, "unmatched": [], "mapping_error": None}
+    if architecture is None:
+        result["mapping_error"] = "architecture not detected from keys or metadata; pass --arch sd15|sd2|sdxl|flux"
+        return result
+    try:
+        mapping = map_keys(path, architecture, len(header.shapes))
+    except ArchitectureMismatchError:
+        raise
+    except LoraFileError as error:
+        mapping = {"mapping_error": str(error)}
+    result.update({key: value for key, value in mapping.items() if value is not None or key == "mapping_error"})
+    return result
+
+
+def _text(result: dict[str, Any]) -> str:
+    arch = result["architecture"]
+    detected = result["detected_architecture"]
+    arch_note = "detected" if arch == detected else f"from --arch; detected {display(detected)}"
+    rows = [
+        ("file", f"{result['file']} ({result['size'] / 1e6:.1f} MB, {result['tensors']} tensors)"),
+        ("format", result["format"]), ("adapter types", ", ".join(result["adapter_types"]) or "none found"),
+        ("architecture", f"{display(arch)} ({arch_note})" if arch else "unknown"),
+        ("rank / alpha", f"{result['rank'] if result['rank'] is not None else '?'} / "
+                         f"{result['alpha'] if result['alpha'] is not None else '?'}"),
+        ("trainer", result["trainer"] or "unknown"), ("base model", result["base_model"] or "unknown"),
+        ("trigger words", ", ".join(result["trigger_words"]) or "none"),
+        ("preferred weight", result["preferred_weight"] if result["preferred_weight"] is not None else "not set"),
+        ("preview", result["preview"] or "none"),
+    ]
+    lines = [f"{label + ':':<18}{value}" for label, value in rows]
+    lines.append(f"{'metadata:':<18}{len(result['metadata'])} keys")
+    shown = list(result["metadata"].items())
+    lines += [f"  {key} = {value}" for key, value in shown[:_TEXT_METADATA]]
+    if len(shown) > _TEXT_METADATA:
+        lines.append(f"  ... {len(shown) - _TEXT_METADATA} more (see --json)")
+    if result["mapping_error"]:
+        lines.append(f"{'mapping:':<18}{result['mapping_error']}")
+    else:
+        lines.append(f"{'mapping:':<18}{result['matched']} of {result['tensors']} keys map onto "
+                     f"{result['modules']} {display(arch)} modules; {len(result['unmatched'])} unmatched")
+        lines += [f"  unmatched: {key}" for key in result["unmatched"]]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = report(Path(args.file), args.arch)
+    print(json.dumps(result, indent=2) if args.json else _text(result))
+    if result["mapping_error"]:
+        if not args.json:
+            print(f"warning: {result['mapping_error']}", file=sys.stderr)
+        return 1
+    return 1 if result["unmatched"] else 0

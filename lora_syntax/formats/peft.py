@@ -1,0 +1,126 @@
+"""diffusers / PEFT keys: a component prefix (or none), the diffusers module path, a PEFT suffix.
+
+    unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight     PEFT
+    text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight            PEFT, text encoder
+    transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight                    PEFT, FLUX
+    down_blocks.1.attentions.0.proj_in.lora_A.weight                                  bare (component guessed)
+    unet.mid_block.attentions.0.proj_out.lora.down.weight                             diffusers < 0.24
+    text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight        diffusers < 0.24 TE
+    unet.up_blocks.1.attentions.0.proj_out.lora_magnitude_vector                       PEFT DoRA
+    unet.up_blocks.1.attentions.0.proj_out.alpha                                       kohya-converted alpha
+PEFT files carry no alpha (scale 1) unless ``.alpha`` keys or diffusers' ``lora_adapter_metadata``
+(``{"unet.lora_alpha": 8, "unet.alpha_pattern": {...}}``) give one; see :func:`apply_adapter_metadata`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+
+import torch
+
+from ..keymaps.tree import ModelTree
+from .base import Grouped, ModuleParams
+from .common import build_grouped, find_component, split_suffix
+
+SUFFIXES = {
+    ".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight",
+    ".lora_A.default.weight": "lora_down.weight", ".lora_B.default.weight": "lora_up.weight",
+    ".lora.down.weight": "lora_down.weight", ".lora.up.weight": "lora_up.weight",
+    ".lora_linear_layer.down.weight": "lora_down.weight", ".lora_linear_layer.up.weight": "lora_up.weight",
+    ".lora_magnitude_vector": "dora_scale", ".lora_magnitude_vector.weight": "dora_scale",
+    ".lora_magnitude_vector.default.weight": "dora_scale",
+    ".alpha": "alpha",
+}
+
+COMPONENT_PREFIXES = ("unet", "transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3")
+WRAPPERS = ("base_model.model.",)  # PEFT's own wrapper prefix, dropped
+
+
+def parse_key(key: str) -> tuple[str | None, str, str] | None:
+    """``(component or None, module path, normalised param)`` of a PEFT/diffusers key, or ``None``."""
+    parts = split_suffix(key, SUFFIXES)
+    if parts is None or "." not in parts[0]:
+        return None
+    path, param = parts
+    component = None
+    head, _, rest = path.partition(".")
+    if head in COMPONENT_PREFIXES:
+        component, path = head, rest
+    for wrapper in WRAPPERS:
+        if path.startswith(wrapper):
+            path = path[len(wrapper):]
+    return component, path, param
+
+
+def place(tree: ModelTree, component: str | None, path: str) -> tuple[str, str] | None:
+    """The tree's ``(component, module)`` for a parsed key; ``None`` when the model has no such module."""
+    if component is None:
+        component = find_component(tree, path)
+    elif component == "unet" and "unet" not in tree.modules:
+        component = tree.denoiser
+    if component is None or path not in tree.modules.get(component, {}):
+        return None
+    return component, path
+
+
+class PeftDialect:
+    """diffusers and PEFT files (``lora_A/lora_B``, the older ``lora.down/lora.up``)."""
+
+    name = "peft"
+
+    def score(self, keys: Collection[str]) -> float:
+        return sum(parse_key(k) is not None for k in keys) / max(len(keys), 1)
+
+    def group(self, state_dict: Mapping[str, torch.Tensor], tree: ModelTree) -> Grouped:
+        groups: dict[tuple[str, str], dict[str, str]] = {}
+        unmatched = []
+        for key in state_dict:
+            parsed = parse_key(key)
+            target = place(tree, parsed[0], parsed[1]) if parsed else None
+            if parsed is None or target is None:
+                unmatched.append(key)
+            else:
+                groups.setdefault(target, {})[parsed[2]] = key
+        grouped = build_grouped(groups, state_dict, unmatched)
+        return Grouped([_dora_shape(m, tree) for m in grouped.modules], grouped.unmatched)
+
+
+def _dora_shape(params: ModuleParams, tree: ModelTree) -> ModuleParams:
+    """PEFT stores DoRA's magnitude as ``(out,)``; LyCORIS' ``dora_scale`` is ``(out, 1, ...)``."""
+    scale = params.params.get("dora_scale")
+    info = tree.get(params.target.component, params.target.module)
+    if scale is None or info is None or scale.ndim != 1:
+        return params
+    shaped = scale.reshape(scale.shape[0], *([1] * (len(info.weight_shape) - 1)))
+    return ModuleParams(params.target, {**params.params, "dora_scale": shaped}, params.source_keys, params.rows)
+
+
+def _alpha_for(module: str, alpha: float | None, pattern: Mapping[str, float]) -> float | None:
+    for key, value in pattern.items():
+        if module == key or re.match(rf"(.*\.)?{key}$", module):
+            return float(value)
+    return alpha
+
+
+def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None) -> Grouped:
+    """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none."""
+    raw = (metadata or {}).get("lora_adapter_metadata")
+    if not raw:
+        return grouped
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return grouped
+    modules = []
+    for params in grouped.modules:
+        component = params.target.component
+        alpha = config.get(f"{component}.lora_alpha")
+        pattern = config.get(f"{component}.alpha_pattern") or {}
+        value = _alpha_for(params.target.module, alpha, pattern)
+        if "alpha" not in params.params and value is not None and "lora_down.weight" in params.params:
+            params = ModuleParams(params.target, {**params.params, "alpha": torch.tensor(float(value))},
+                                  params.source_keys, params.rows)
+        modules.append(params)
+    return Grouped(modules, grouped.unmatched)

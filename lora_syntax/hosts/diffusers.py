@@ -1,0 +1,245 @@
+"""The diffusers host: apply a prompt's LoRA stack to a pipeline for one generation, re-weight it per step.
+
+    with activate(pipe, "a cat <lora:ink:0.8>", lora_dirs=["loras"], steps=20) as run:
+        image = pipe(run.prompt, num_inference_steps=20, callback_on_step_end=run.callback,
+                     callback_on_step_end_tensor_inputs=run.callback_tensor_inputs).images[0]
+
+Step numbering: diffusers calls ``callback_on_step_end`` after step index i (0-based), so that callback
+writes the weights of plan step i + 2 (1-based), the next step to run. When a text-encoder weight
+changes there, the prompt is re-encoded with the new weights and the new embeddings are returned
+through ``callback_kwargs`` (SD: ``prompt_embeds`` with CFG halves; SDXL: also ``add_text_embeds``;
+FLUX: only the T5 ``prompt_embeds`` — the pooled CLIP vector cannot be replaced mid-run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import LoraApplyError
+from ..keymaps.build import tree_from_pipeline
+from ..keymaps.tree import TEXT_ENCODERS, pipeline_components
+from ..patcher import Patcher
+from ..plan import Plan, build_plan
+from ..stack import module_stacks, resolve_stack
+
+SESSION_ATTRIBUTE = "_lora_syntax_session"
+
+
+@dataclass(frozen=True)
+class Reweight:
+    """One change point during sampling: the step it prepared and what it cost."""
+
+    step: int
+    modules: int
+    seconds: float
+    reencode_seconds: float = 0.0
+
+
+@dataclass
+class RunTimings:
+    """Seconds spent by the engine in one generation (filled in as the run goes)."""
+
+    load: float = 0.0          # resolving names and loading LoRA files (cached across runs)
+    apply: float = 0.0         # writing the step-1 weights
+    applied_modules: int = 0   # modules written for step 1 (0 when a kept run already holds them)
+    reweights: list[Reweight] = field(default_factory=list)
+    restore: float = 0.0
+    backup_bytes: int = 0
+
+
+@dataclass
+class ActiveRun:
+    """What a pipeline call needs while a stack is active: pass ``prompt``, ``callback`` and
+    ``callback_tensor_inputs`` to the pipeline."""
+
+    prompt: str
+    plan: Plan
+    callback: Callable[..., dict]
+    callback_tensor_inputs: list[str]
+    warnings: tuple[str, ...]
+    timings: RunTimings
+
+
+def _flavour(pipe: object) -> str:
+    name = type(pipe).__name__
+    if "Flux" in name:
+        return "flux"
+    if "XL" in name:
+        return "sdxl"
+    return "sd"
+
+
+def reencode(pipe: Any, prompt: str, negative_prompt: str | None, kwargs: dict) -> dict[str, torch.Tensor]:
+    """Embeddings of ``prompt`` with the text encoders' current weights, shaped like the pipeline's own."""
+    flavour = _flavour(pipe)
+    device = pipe._execution_device
+    current = kwargs["prompt_embeds"]
+    if flavour == "flux":
+        embeds, _, _ = pipe.encode_prompt(prompt, None, device=device, num_images_per_prompt=current.shape[0],
+                                          max_sequence_length=current.shape[1])
+        return {"prompt_embeds": embeds.to(current.dtype)}
+    cfg = bool(pipe.do_classifier_free_guidance)
+    per_prompt = current.shape[0] // (2 if cfg else 1)
+    clip_skip = getattr(pipe, "_clip_skip", None)
+    if flavour == "sdxl":
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt, device=device, num_images_per_prompt=per_prompt, do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt, clip_skip=clip_skip)
+        if cfg:
+            embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+        return {"prompt_embeds": embeds.to(current.dtype), "add_text_embeds": pooled.to(current.dtype)}
+    embeds, negative = pipe.encode_prompt(prompt, device, per_prompt, cfg, negative_prompt, clip_skip=clip_skip)
+    if cfg:
+        embeds = torch.cat([negative, embeds])
+    return {"prompt_embeds": embeds.to(current.dtype)}
+
+
+def tensor_inputs(pipe: object) -> list[str]:
+    """The callback tensor inputs a te re-encode needs on this pipeline."""
+    return {"flux": ["prompt_embeds"], "sdxl": ["prompt_embeds", "add_text_embeds"]}.get(_flavour(pipe),
+                                                                                        ["prompt_embeds"])
+
+
+class LoraSession:
+    """One pipeline's patch state across generations: a patcher holding the backups, a library, a tree.
+
+    Runs entered with ``keep=True`` leave their weights in place, so the next run with the same stack
+    and step-1 weights writes nothing; :meth:`restore` puts the original weights back.
+    """
+
+    def __init__(self, pipe: Any, lora_dirs: Sequence[str | Path] = (), *, library: Any = None,
+                 architecture: str | None = None) -> None:
+        if library is None:
+            from ..library import LoraLibrary
+            library = LoraLibrary(list(lora_dirs))
+        self.pipe = pipe
+        self.library = library
+        self.tree = tree_from_pipeline(pipe, architecture)
+        self.patcher = Patcher(pipeline_components(pipe))
+
+    @property
+    def architecture(self) -> str:
+        return self.tree.architecture
+
+    @contextlib.contextmanager
+    def activate(self, prompt: str, steps: int, *, negative_prompt: str | None = None,
+                 keep: bool = False) -> Iterator[ActiveRun]:
+        """Apply step-1 weights, yield the run; restore on leaving (unless ``keep``) and always on error."""
+        timings = RunTimings()
+        try:
+            run = self._start(prompt, steps, negative_prompt, timings)
+            yield run
+        except BaseException:
+            self.restore(timings)
+            raise
+        if not keep:
+            self.restore(timings)
+
+    def restore(self, timings: RunTimings | None = None) -> None:
+        """Copy every original weight back (bit-exact) and drop the backups."""
+        start = time.perf_counter()
+        self.patcher.restore()
+        if timings is not None:
+            timings.restore = time.perf_counter() - start
+
+    def _start(self, prompt: str, steps: int, negative_prompt: str | None, timings: RunTimings) -> ActiveRun:
+        plan = build_plan(prompt, steps, architecture=self.architecture)
+        start = time.perf_counter()
+        entries, merge_warnings = resolve_stack(plan, self.library, self.tree)
+        stacks = module_stacks(entries)
+        timings.load = time.perf_counter() - start
+        self.patcher.load(stacks)
+        report = self.patcher.apply(1)
+        timings.apply, timings.applied_modules = report.seconds, report.modules
+        timings.backup_bytes = self.patcher.backup_bytes
+        points = set(self.patcher.change_points())
+        te_points = {s for st in stacks if st.target.component in TEXT_ENCODERS for s in st.change_points()}
+        callback = _make_callback(self, plan.prompt, negative_prompt, points, te_points, timings)
+        inputs = tensor_inputs(self.pipe) if te_points else []
+        warnings = tuple(dict.fromkeys((*plan.warnings, *merge_warnings)))
+        if te_points and _flavour(self.pipe) == "flux" and any(
+                st.target.component == "text_encoder" for st in stacks if st.change_points()):
+            warnings += ("FLUX: a CLIP (text_encoder) weight schedule changes only the per-token embeddings; "
+                         "the pooled CLIP vector keeps its step-1 weights (the pipeline cannot replace it).",)
+        return ActiveRun(plan.prompt, plan, callback, inputs, warnings, timings)
+
+
+def _make_callback(session: LoraSession, prompt: str, negative_prompt: str | None, points: set[int],
+                   te_points: set[int], timings: RunTimings) -> Callable[..., dict]:
+    """The ``callback_on_step_end`` of a run: step index i prepares plan step i + 2."""
+
+    def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
+        step = step_index + 2
+        if step not in points:
+            return {}
+        report = session.patcher.apply(step)
+        outputs: dict = {}
+        seconds = 0.0
+        if step in te_points and "prompt_embeds" in callback_kwargs:
+            start = time.perf_counter()
+            with torch.no_grad():
+                outputs = reencode(pipe, prompt, negative_prompt, callback_kwargs)
+            seconds = time.perf_counter() - start
+        timings.reweights.append(Reweight(step, report.modules, report.seconds, seconds))
+        return outputs
+
+    return callback
+
+
+def session_for(pipe: Any, lora_dirs: Sequence[str | Path] = (), *, library: Any = None,
+                architecture: str | None = None) -> LoraSession:
+    """The pipeline's session, created on first use and re-used while the folders stay the same."""
+    session = getattr(pipe, SESSION_ATTRIBUTE, None)
+    wanted = tuple(Path(d).expanduser().absolute() for d in lora_dirs)
+    if (session is None or (library is not None and session.library is not library)
+            or (library is None and getattr(session.library, "folders", None) != wanted)
+            or (architecture is not None and session.architecture != architecture)):
+        if session is not None:
+            session.restore()
+        session = LoraSession(pipe, lora_dirs, library=library, architecture=architecture)
+        object.__setattr__(pipe, SESSION_ATTRIBUTE, session)
+    return session
+
+
+@contextlib.contextmanager
+def activate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), steps: int,
+             negative_prompt: str | None = None, library: Any = None, architecture: str | None = None,
+             keep: bool = False) -> Iterator[ActiveRun]:
+    """Apply the LoRA tags of ``prompt`` to ``pipe`` for a ``steps``-step run (see the module docstring).
+
+    ``keep=True`` leaves the weights patched after the block so that the next run with the same stack
+    costs nothing; call :func:`restore` to undo. Errors are :class:`~lora_syntax.errors.LoraError`s and
+    always leave the model restored.
+    """
+    session = session_for(pipe, lora_dirs, library=library, architecture=architecture)
+    with session.activate(prompt, steps, negative_prompt=negative_prompt, keep=keep) as run:
+        yield run
+
+
+def restore(pipe: Any) -> None:
+    """Put back the original weights of a pipeline patched by a ``keep=True`` run."""
+    session = getattr(pipe, SESSION_ATTRIBUTE, None)
+    if session is not None:
+        session.restore()
+
+
+def generate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), steps: int = 30,
+             library: Any = None, architecture: str | None = None, **pipe_kwargs: Any) -> Any:
+    """One call: activate the prompt's stack, run the pipeline with its callback, restore; returns the
+    pipeline's output. ``pipe_kwargs`` go to the pipeline (``negative_prompt``, ``generator``...)."""
+    if "callback_on_step_end" in pipe_kwargs:
+        raise LoraApplyError("generate() installs its own callback_on_step_end; use activate() and call your "
+                             "callback from run.callback to combine them.")
+    with activate(pipe, prompt, lora_dirs=lora_dirs, steps=steps, library=library, architecture=architecture,
+                  negative_prompt=pipe_kwargs.get("negative_prompt")) as run:
+        extra = list(pipe_kwargs.pop("callback_on_step_end_tensor_inputs", []) or [])
+        inputs = list(dict.fromkeys([*run.callback_tensor_inputs, *extra]))
+        return pipe(run.prompt, num_inference_steps=steps, callback_on_step_end=run.callback,
+                    callback_on_step_end_tensor_inputs=inputs, **pipe_kwargs)

@@ -1,0 +1,149 @@
+"""Reading LoRA files safely: safetensors only, header first, every bad file a :class:`LoraFileError`.
+
+Pickle checkpoints (``.pt``, ``.ckpt``, ``.bin``, ``.pth``, or a pickle renamed ``.safetensors``) are
+refused: unpickling runs whatever code the file carries. Truncated, corrupt or empty files and
+tensors holding NaN/inf are refused with a message naming the file (and the tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import LoraFileError
+
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"})
+SAFETENSORS_SUFFIX = ".safetensors"
+# Errors safetensors/torch raise for a file that is not what its header promises.
+_READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a safetensors header says, without reading any tensor data."""
+
+    metadata: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+
+def conversion_hint(path: Path) -> str:
+    """A one-liner that converts a trusted pickle checkpoint to safetensors."""
+    target = path.with_suffix(SAFETENSORS_SUFFIX).name
+    if target == path.name:
+        target = f"{path.stem}.converted{SAFETENSORS_SUFFIX}"
+    return ("If you trust its source, convert it once: python -c \"import torch; "
+            "from safetensors.torch import save_file; "
+            f"sd = torch.load('{path.name}', map_location='cpu', weights_only=True); "
+            "sd = sd.get('state_dict', sd); "
+            f"save_file({{k: v.contiguous() for k, v in sd.items()}}, '{target}')\"")
+
+
+def pickle_error(path: Path, why: str) -> LoraFileError:
+    return LoraFileError(
+        f"LoRA file '{path}' {why}; lora-syntax only loads .safetensors files, because loading a pickle "
+        f"can run arbitrary code hidden in the file. {conversion_hint(path)}", path=path)
+
+
+def sniff_pickle(head: bytes) -> str | None:
+    """Describe ``head`` (a file's first bytes) if it is a pickle or a torch zip checkpoint."""
+    if head.startswith(b"PK\x03\x04"):
+        return "is a PyTorch zip checkpoint (a pickle inside a zip)"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return f"is a Python pickle (protocol {head[1]})"
+    if head[:1] in (b"(", b"}", b"]") and head[1:2] in (b"d", b"l", b"q", b"(", b"X", b"\x94"):
+        return "looks like a Python pickle"
+    return None
+
+
+def check_file(path: str | Path) -> Path:
+    """Refuse before parsing: missing, not a file, empty, pickle by suffix or by content."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise pickle_error(path, f"is a {path.suffix} pickle checkpoint")
+    try:
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise LoraFileError(f"LoRA file '{path}' {what}.", path=path)
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        raise LoraFileError(f"LoRA file '{path}' cannot be read: {error.strerror or error}.", path=path) from error
+    if size == 0:
+        raise LoraFileError(f"LoRA file '{path}' is empty (0 bytes): the download or copy probably failed; "
+                            "download it again.", path=path)
+    kind = sniff_pickle(head)
+    if kind:
+        raise pickle_error(path, f"{kind}, despite its {path.suffix or 'missing'} suffix")
+    if len(head) < 9 or head[8:9] != b"{":
+        raise LoraFileError(f"LoRA file '{path}' is not a safetensors file (its first bytes are not a "
+                            "safetensors header); it may be truncated, or another kind of file renamed.", path=path)
+    return path
+
+
+def _corrupt(path: Path, error: BaseException) -> LoraFileError:
+    detail = str(error).strip() or type(error).__name__
+    return LoraFileError(f"LoRA file '{path}' is truncated or corrupt ({detail}); download it again.", path=path)
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    """Metadata, tensor shapes and dtypes of a safetensors file, without loading tensor data."""
+    path = check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            shapes, dtypes = {}, {}
+            for key in handle.keys():
+                view = handle.get_slice(key)
+                shapes[key] = tuple(int(n) for n in view.get_shape())
+                dtypes[key] = str(view.get_dtype())
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
+    return SafetensorsHeader(metadata, shapes, dtypes)
+
+
+def _check_finite(path: Path, key: str, tensor: torch.Tensor) -> None:
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return
+    try:
+        finite = bool(torch.isfinite(tensor).all())
+    except (RuntimeError, TypeError):  # dtypes without isfinite (fp8 on some builds)
+        finite = bool(torch.isfinite(tensor.float()).all())
+    if not finite:
+        what = "NaN" if bool(torch.isnan(tensor.float()).any()) else "infinite"
+        raise LoraFileError(f"LoRA file '{path}' has {what} values in tensor '{key}': the LoRA was broken in "
+                            "training or saving and would ruin every image; retrain or re-download it.", path=path)
+
+
+def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors LoRA file, checked to be finite."""
+    path = check_file(path)
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
+    if not tensors:
+        raise LoraFileError(f"LoRA file '{path}' holds no tensors: it is empty or was saved incompletely.",
+                            path=path)
+    for key, tensor in tensors.items():
+        _check_finite(path, key, tensor)
+    if str(device) != "cpu":
+        tensors = {key: tensor.to(device) for key, tensor in tensors.items()}
+    return tensors
+
+
+def read_tensors(path: str | Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Only the named tensors (small ones such as ``alpha``), read lazily from a safetensors file."""
+    path = check_file(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in keys}
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error

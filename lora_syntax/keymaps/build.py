@@ -1,0 +1,64 @@
+"""Module trees from live diffusers pipelines, with the architecture read from the pipeline when not given."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import LoraError
+from .tree import ModelTree, modules_of, pipeline_components
+
+# Pipeline class name fragments -> architecture, most specific first. ``None`` = decide by the UNet config.
+PIPELINE_CLASSES: tuple[tuple[str, str | None], ...] = (
+    ("StableDiffusionXL", "sdxl"),
+    ("Flux", "flux"),
+    ("StableDiffusion", None),
+)
+
+# Cross-attention width of the UNet -> architecture, for pipelines whose class is shared (SD1.5/SD2).
+UNET_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+
+
+def config_dict(module: torch.nn.Module) -> dict[str, object]:
+    """A component's config as a plain dict (diffusers FrozenDict or transformers PretrainedConfig)."""
+    config = getattr(module, "config", None)
+    if config is None:
+        return {}
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    return dict(config)
+
+
+def tree_from_modules(architecture: str, components: Mapping[str, torch.nn.Module | None]) -> ModelTree:
+    """A tree from ``{pipeline attribute: module}``; ``None`` components are skipped."""
+    present = {name: module for name, module in components.items() if module is not None}
+    return ModelTree(architecture, {name: modules_of(m) for name, m in present.items()},
+                     {name: config_dict(m) for name, m in present.items()})
+
+
+def pipeline_architecture(pipe: object) -> str | None:
+    """``"sd15"``/``"sd2"``/``"sdxl"``/``"flux"`` from the pipeline class, or ``None`` when unknown."""
+    class_name = type(pipe).__name__
+    for fragment, architecture in PIPELINE_CLASSES:
+        if fragment in class_name:
+            if architecture is not None:
+                return architecture
+            unet = getattr(pipe, "unet", None)
+            width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+            # SD-family pipelines with a non-standard width (tiny test models) are SD1.5-like.
+            return UNET_WIDTHS.get(width, "sd15") if isinstance(width, int) else "sd15"
+    return None
+
+
+def tree_from_pipeline(pipe: object, architecture: str | None = None) -> ModelTree:
+    """The module tree of a diffusers pipeline's text encoders and denoiser.
+
+    Label tiny or custom models explicitly (``architecture="sd15"``); otherwise it is read from the
+    pipeline class and, for Stable Diffusion 1/2 pipelines, the UNet's cross-attention width.
+    """
+    architecture = architecture or pipeline_architecture(pipe)
+    if architecture is None:
+        raise LoraError(f"cannot tell the architecture of a {type(pipe).__name__}; pass architecture="
+                        "'sd15', 'sd2', 'sdxl' or 'flux'")
+    return tree_from_modules(architecture, pipeline_components(pipe))

@@ -1,0 +1,303 @@
+"""Finding LoRAs by the name typed in a tag, and loading them through a bounded cache.
+
+A name resolves, first rule that matches wins: the path relative to a LoRA folder (``styles/ink``),
+the file stem (``ink``), an alias from the metadata (``ss_output_name``, ``modelspec.title``); then the
+same three ignoring case. Several files at one rule -> an error listing them; no file -> an error naming
+the closest names. Names can never leave the folders: ``..``, absolute paths, drive letters and symlinks
+that point outside are refused. When two folders hold the same relative path, the earlier folder wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from .errors import LoraFileError, LoraNameError
+from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, SafetensorsHeader, pickle_error, read_header
+from .metadata import LoraInfo, read_info, sidecar
+
+GIB = 1024 ** 3
+ALIAS_KEYS = ("ss_output_name", "modelspec.title")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """One LoRA file found in a folder. ``name`` is what a tag must contain to resolve back to it."""
+
+    name: str                 # relative path without suffix, posix: "styles/ink"
+    path: Path
+    folder: Path
+    aliases: tuple[str, ...] = ()
+    size: int = 0
+    mtime: float = 0.0
+    mtime_ns: int = field(default=0, repr=False)
+    refused: str | None = None  # why this file will not be loaded (pickle, symlink out of the folders)
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.name).name
+
+    @cached_property
+    def info(self) -> LoraInfo:
+        """Metadata, trigger words and preview, read on first use (header only)."""
+        if self.refused:
+            raise LoraFileError(self.refused, path=self.path)
+        return read_info(self.path)
+
+
+def check_name(name: str) -> str:
+    """The tag name in posix form without a ``.safetensors`` suffix; refuses names that leave the folders."""
+    cleaned = name.strip().replace("\\", "/")
+    if not cleaned or "\x00" in cleaned:
+        raise LoraNameError(f"LoRA name {name!r} is empty or invalid; write the file's name without its "
+                            "suffix, e.g. 'ink' or 'styles/ink'.", name=name)
+    if cleaned.startswith("/") or _DRIVE.match(cleaned) or ".." in cleaned.split("/"):
+        raise LoraNameError(f"LoRA name {name!r} points outside the LoRA folders (absolute paths, drive letters "
+                            "and '..' are refused); use a name relative to a LoRA folder, e.g. 'styles/ink'.",
+                            name=name)
+    if cleaned.lower().endswith(SAFETENSORS_SUFFIX):
+        cleaned = cleaned[: -len(SAFETENSORS_SUFFIX)]
+    return "/".join(part for part in cleaned.split("/") if part not in ("", "."))
+
+
+def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
+    """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return 0 if value.device.type == "meta" else value.numel() * value.element_size()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sum(tensor_bytes(item, seen) for item in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item, seen) for item in value.values())
+    if dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
+        fields = vars(value) if hasattr(value, "__dict__") else {}
+        return sum(tensor_bytes(item, seen) for item in fields.values())
+    return 0
+
+
+@dataclass
+class _Cached:
+    loaded: Any
+    nbytes: int
+    tree: Any  # held so that id(tree) in the key cannot be reused by another tree
+
+
+class LoadCache:
+    """Loaded LoRAs keyed by (path, mtime_ns, size, architecture, tree id), least recently used evicted
+    first when over ``max_items`` or ``max_bytes`` of tensors (SD.Next's ``lora_in_memory_limit``)."""
+
+    def __init__(self, *, max_items: int = 32, max_bytes: int = 2 * GIB) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict[tuple, _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(item.nbytes for item in self._items.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get_or_load(self, entry: "LoraEntry", tree: Any) -> Any:
+        try:
+            stat = entry.path.stat()
+        except OSError as error:
+            raise LoraFileError(f"LoRA file '{entry.path}' cannot be read: {error.strerror or error}.",
+                                path=entry.path) from error
+        key = (str(entry.path), stat.st_mtime_ns, stat.st_size, getattr(tree, "architecture", None), id(tree))
+        with self._lock:
+            for old in [k for k in self._items if k[0] == key[0] and k[1:3] != key[1:3]]:
+                del self._items[old]  # the file changed on disk
+            cached = self._items.get(key)
+            if cached is not None and cached.tree is tree:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return cached.loaded
+            self.misses += 1
+        loader = importlib.import_module("lora_syntax.loader")
+        loaded = loader.load_lora(entry.path, tree, name=entry.name)
+        nbytes = tensor_bytes(loaded) or stat.st_size
+        if self.max_items > 0 and nbytes <= self.max_bytes:
+            with self._lock:
+                self._items[key] = _Cached(loaded, nbytes, tree)
+                self._evict()
+        return loaded
+
+    def _evict(self) -> None:
+        total = self.nbytes
+        while self._items and (len(self._items) > self.max_items or total > self.max_bytes):
+            _, dropped = self._items.popitem(last=False)
+            total -= dropped.nbytes
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+class LoraLibrary:
+    """LoRA files under one or more folders, by tag name, with a bounded cache of loaded LoRAs."""
+
+    def __init__(self, folders: Sequence[str | Path] | str | Path, *, cache_items: int = 32,
+                 cache_bytes: int = 2 * GIB) -> None:
+        folders = [folders] if isinstance(folders, (str, Path)) else folders
+        self.folders = tuple(Path(folder).expanduser().absolute() for folder in folders)
+        self.cache = LoadCache(max_items=cache_items, max_bytes=cache_bytes)
+        self._entries: list[LoraEntry] | None = None
+        self._headers: dict[tuple, SafetensorsHeader | None] = {}
+        self._infos: dict[tuple, LoraInfo] = {}
+        self._lock = threading.RLock()
+
+    # -- scanning -----------------------------------------------------------------------------
+    def entries(self, refresh: bool = False) -> list[LoraEntry]:
+        """Every ``.safetensors`` (and refused pickle) file under the folders, sorted by folder then name."""
+        with self._lock:
+            if self._entries is None or refresh:
+                self._entries = [entry for folder in self.folders for entry in self._scan(folder)]
+            return list(self._entries)
+
+    def _scan(self, folder: Path) -> list[LoraEntry]:
+        if not folder.is_dir():
+            return []
+        roots = [root.resolve() for root in self.folders if root.is_dir()]
+        found = []
+        for directory, subdirs, files in os.walk(folder, followlinks=False):
+            subdirs.sort()
+            for file_name in sorted(files):
+                suffix = Path(file_name).suffix.lower()
+                if suffix == SAFETENSORS_SUFFIX or suffix in PICKLE_SUFFIXES:
+                    entry = self._entry(folder, Path(directory) / file_name, roots)
+                    if entry is not None:
+                        found.append(entry)
+        return found
+
+    def _entry(self, folder: Path, path: Path, roots: Sequence[Path]) -> LoraEntry | None:
+        try:
+            stat = path.stat()
+            real = path.resolve()
+        except OSError:
+            return None  # dangling symlink or vanished file
+        name = path.relative_to(folder).with_suffix("").as_posix()
+        refused, aliases = None, ()
+        if not _inside(real, roots):
+            refused = (f"LoRA file '{path}' is a symlink to '{real}', outside the LoRA folders; it is refused. "
+                       "Move or copy the file into a LoRA folder instead.")
+        elif path.suffix.lower() in PICKLE_SUFFIXES:
+            refused = str(pickle_error(path, f"is a {path.suffix} pickle checkpoint"))
+        else:
+            header = self._header(path, stat)
+            aliases = tuple(dict.fromkeys(
+                header.metadata[key].strip() for key in ALIAS_KEYS
+                if header is not None and isinstance(header.metadata.get(key), str) and header.metadata[key].strip()))
+        return LoraEntry(name, path, folder, aliases, stat.st_size, stat.st_mtime, stat.st_mtime_ns, refused)
+
+    def _header(self, path: Path, stat: os.stat_result) -> SafetensorsHeader | None:
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if key not in self._headers:
+            for stale in [k for k in self._headers if k[0] == key[0]]:
+                del self._headers[stale]  # the file changed since the last scan
+            try:
+                self._headers[key] = read_header(path)
+            except LoraFileError:
+                self._headers[key] = None  # listed; loading it reports the problem
+        return self._headers[key]
+
+    # -- resolving ----------------------------------------------------------------------------
+    def resolve(self, name: str) -> LoraEntry:
+        """The entry a tag name means; rescans once before giving up, so new files are found."""
+        wanted = check_name(name)
+        for refresh in (False, True):
+            entries = self.entries(refresh=refresh)
+            usable = [entry for entry in entries if entry.refused is None]
+            entry = self._match(name, wanted, usable)
+            if entry is not None:
+                return entry
+            refused = self._match(name, wanted, [entry for entry in entries if entry.refused])
+            if refused is not None:
+                raise LoraFileError(refused.refused or "", path=refused.path)
+        raise self._unknown(name, wanted, self.entries())
+
+    def _match(self, name: str, wanted: str, entries: list[LoraEntry]) -> LoraEntry | None:
+        rules: tuple[Callable[[LoraEntry], tuple[str, ...]], ...] = (
+            lambda entry: (entry.name,), lambda entry: (entry.stem,), lambda entry: entry.aliases)
+        for fold in (False, True):
+            target = wanted.casefold() if fold else wanted
+            for rule in rules:
+                hits: dict[str, LoraEntry] = {}
+                for entry in entries:
+                    keys = rule(entry)
+                    if target in ([key.casefold() for key in keys] if fold else keys):
+                        hits.setdefault(entry.name, entry)  # same relative path in a later folder: shadowed
+                if len(hits) == 1:
+                    return next(iter(hits.values()))
+                if len(hits) > 1:
+                    candidates = tuple(sorted(hits))
+                    raise LoraNameError(
+                        f"LoRA name {name!r} is ambiguous: it matches {len(candidates)} files: "
+                        + ", ".join(repr(c) for c in candidates) + ". Write one of these in the tag instead.",
+                        name=name, candidates=candidates)
+        return None
+
+    def _unknown(self, name: str, wanted: str, entries: list[LoraEntry]) -> LoraNameError:
+        known: dict[str, str] = {}
+        for entry in entries:
+            for key in (entry.name, entry.stem, *entry.aliases):
+                known.setdefault(key.casefold(), entry.name)
+        close = difflib.get_close_matches(wanted.casefold(), list(known), n=8, cutoff=0.5)
+        suggestions = tuple(dict.fromkeys(known[key] for key in close))[:5]
+        folders = ", ".join(f"'{folder}'" for folder in self.folders) or "(no folders configured)"
+        hint = (" Closest names: " + ", ".join(repr(s) for s in suggestions) + "." if suggestions
+                else f" {len(entries)} LoRA files are there.")
+        return LoraNameError(f"No LoRA named {name!r} in {folders}.{hint}", name=name, candidates=suggestions)
+
+    # -- metadata and loading -----------------------------------------------------------------
+    def entry(self, entry_or_name: LoraEntry | str) -> LoraEntry:
+        return entry_or_name if isinstance(entry_or_name, LoraEntry) else self.resolve(entry_or_name)
+
+    def info(self, entry_or_name: LoraEntry | str) -> LoraInfo:
+        """The entry's :class:`LoraInfo`, re-read when the file or one of its sidecars changes."""
+        entry = self.entry(entry_or_name)
+        if entry.refused:
+            raise LoraFileError(entry.refused, path=entry.path)
+        stamp = [entry.path]
+        for suffix in (".json", ".civitai.info", ".preview.png", ".png"):
+            try:
+                stat = sidecar(entry.path, suffix).stat()
+                stamp.append((suffix, stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                pass
+        stat = entry.path.stat()
+        key = (*stamp, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key not in self._infos:
+                self._infos = {k: v for k, v in self._infos.items() if k[0] != entry.path}
+                self._infos[key] = read_info(entry.path)
+            return self._infos[key]
+
+    def load(self, entry_or_name: LoraEntry | str, tree):
+        """The LoRA mapped onto ``tree`` (a :class:`~lora_syntax.keymaps.tree.ModelTree`), from the cache
+        when the file is unchanged on disk."""
+        entry = self.entry(entry_or_name)
+        if entry.refused:
+            raise LoraFileError(entry.refused, path=entry.path)
+        return self.cache.get_or_load(entry, tree)

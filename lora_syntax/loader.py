@@ -1,0 +1,124 @@
+"""A LoRA file -> :class:`LoadedLora` for one model tree: read, check architecture, group keys, build, validate.
+
+    file --io.load_state_dict--> tensors --detect_architecture--> refuse another family
+         --pick_dialect.group--> ModuleParams --build_adapter (+ sliced rows)--> ModulePatch (with block id)
+Every adapter's weight change is shape-checked against its module on the ``meta`` device (nothing big
+is materialised) before anything is returned, so a LoRA either maps whole or fails with a named error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .adapters.base import Adapter
+from .adapters.registry import build_adapter, sliced
+from .errors import ArchitectureMismatchError, LoraFileError, LoraShapeError
+from .formats import pick_dialect
+from .formats.base import ModuleParams
+from .formats.peft import apply_adapter_metadata
+from .keymaps.blockids import block_of
+from .keymaps.detect import detect_architecture
+from .keymaps.tree import ModelTree
+from .targets import LoadedLora, ModulePatch, ModuleTarget
+
+DISPLAY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
+
+
+def display_name(architecture: str) -> str:
+    return DISPLAY_NAMES.get(architecture, architecture)
+
+
+def _a(architecture: str) -> str:
+    """``display_name`` with its article ("an SDXL", "a FLUX.1"): letters read with a vowel sound take "an"."""
+    shown = display_name(architecture)
+    return f"{'an' if shown[:1].upper() in 'AEFHILMNORSX' and not shown.startswith('FLUX') else 'a'} {shown}"
+
+
+def _read(source: Path | str | Mapping[str, torch.Tensor]) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
+    if isinstance(source, Mapping):
+        return None, dict(source), {}
+    from .io import load_state_dict, read_header
+
+    path = Path(source)
+    return path, load_state_dict(path), dict(read_header(path).metadata)
+
+
+def check_architecture(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], tree: ModelTree,
+                       *, name: str, path: Path | None = None) -> str | None:
+    """The file's detected architecture; :class:`ArchitectureMismatchError` when it is not the model's."""
+    found = detect_architecture(shapes, metadata)
+    if found is not None and found != tree.architecture:
+        raise ArchitectureMismatchError(
+            f"'{name}' is {_a(found)} LoRA; the loaded model is {display_name(tree.architecture)}. "
+            f"Use it with {_a(found)} model, or pick {_a(tree.architecture)} LoRA.",
+            path=path, lora_architecture=found, model_architecture=tree.architecture)
+    return found
+
+
+def _shapes_of(params: ModuleParams) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(params.params.items()) if v.ndim)
+
+
+def _check_shape(adapter: Adapter, params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> None:
+    """Compute the delta's shape on the ``meta`` device and compare it with the module's weight."""
+    target = params.target
+    info = tree.get(target.component, target.module)
+    key = params.source_keys[0] if params.source_keys else target.module
+    where = f"LoRA '{name}', key '{key}' -> {target.component}.{target.module}"
+    try:
+        delta = adapter.to("meta").delta(torch.empty(info.weight_shape, device="meta"))
+        bias = adapter.bias_delta()
+    except (LoraShapeError, RuntimeError, ValueError) as err:
+        raise LoraShapeError(f"{where}: the module's weight has shape {info.weight_shape} but the file has "
+                             f"{_shapes_of(params)}; the LoRA was made for another model ({err})", path=path) from err
+    if tuple(delta.shape) != info.weight_shape:
+        raise LoraShapeError(f"{where}: expected a change of shape {info.weight_shape}, found "
+                             f"{tuple(delta.shape)} (from {_shapes_of(params)})", path=path)
+    if bias is not None and (not info.has_bias or bias.numel() != info.weight_shape[0]):
+        expected = f"({info.weight_shape[0]},)" if info.has_bias else "no bias (the module has none)"
+        raise LoraShapeError(f"{where}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
+
+
+def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> ModulePatch:
+    target = params.target
+    where = f"LoRA '{name}' at {target.component}.{target.module}"
+    try:
+        adapter = build_adapter(params.params, where=where)
+        if params.rows is not None:
+            adapter = sliced(adapter, *params.rows)
+    except LoraFileError as err:
+        raise type(err)(str(err), path=path) from err
+    _check_shape(adapter, params, tree, name, path)
+    block = block_of(tree.architecture, target.component, target.module, tree.config.get(target.component))
+    return ModulePatch(ModuleTarget(target.component, target.module, block), adapter, params.source_keys)
+
+
+def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
+              metadata: Mapping[str, str] | None = None, name: str | None = None) -> LoadedLora:
+    """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
+
+    ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
+    (default: the file stem).
+    """
+    path, state_dict, file_metadata = _read(source)
+    metadata = {**file_metadata, **dict(metadata or {})}
+    name = name or (path.stem if path is not None else "LoRA")
+    if not state_dict:
+        raise LoraFileError(f"LoRA '{name}' holds no tensors.", path=path)
+    check_architecture({k: tuple(v.shape) for k, v in state_dict.items()}, metadata, tree, name=name, path=path)
+    dialect = pick_dialect(state_dict.keys(), name=name)
+    try:
+        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata)
+    except LoraFileError as err:
+        raise type(err)(f"LoRA '{name}': {err}", path=path) from err
+    patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
+    if not patches:
+        sample = ", ".join(grouped.unmatched[:3])
+        raise LoraFileError(f"LoRA '{name}' ({dialect.name} keys): none of its {len(state_dict)} keys maps onto "
+                            f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
+                            "it was made for another model.", path=path)
+    return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=dialect.name,
+                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=metadata)

@@ -1,0 +1,286 @@
+"""The application plan: each LoRA's weight per component, block and step of a run.
+
+Weight of a LoRA on component c, block b, step s (docs/syntax.md):
+    text encoders:  te(s) x lbw[BASE]
+    denoisers:      group(b)(s) x lbw[b]    group = in/mid/out of block b (unet(s) when b is None)
+    te = te= or the strength or 1; unet = unet= or the positional strength or te; in/mid/out = their key or unet;
+    components outside ``module=`` (or the other stage of ``high``/``low``) get 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import add
+from typing import Union
+
+from . import blocks
+from .schedule import change_steps, resolve
+from .syntax.model import BlockWeights, LoraTag, ParsedPrompt, Schedule
+from .syntax.parser import parse
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+DENOISERS = ("unet", "transformer", "transformer_2")
+COMPONENTS = (*TEXT_ENCODERS, *DENOISERS)
+GROUPS = ("te", "in", "mid", "out")
+#: Total |weight| of all LoRAs on one block group above which the plan warns (artefacts compound).
+STACK_WARN_LEVEL = 1.5
+_EXPAND = {"te": TEXT_ENCODERS, "unet": DENOISERS, "high": ("transformer",), "low": ("transformer_2",)}
+_ONE = Schedule.constant(1.0)
+_NO_SCALE = {group: 1.0 for group in GROUPS}
+
+
+@dataclass(frozen=True)
+class _Lbw:
+    multipliers: dict[str, float]      # block id -> multiplier (blocks not listed: 1)
+    covered: tuple[str, ...]           # the blocks of the architecture the value speaks about
+    group_scale: dict[str, float]      # largest |multiplier| per block group, for the stack warning
+    fits: bool                         # False: a vector of the wrong length for the architecture
+    denoiser_zero: bool = False        # every denoiser block the value covers is 0 (preset NONE...)
+
+
+def _allowed(tag: LoraTag) -> frozenset[str] | None:
+    """Components the tag may touch (None: all)."""
+    if tag.modules is None and tag.stage is None:
+        return None
+    names = set(COMPONENTS)
+    if tag.modules is not None:
+        names = {c for m in tag.modules for c in _EXPAND.get(m, (m,))}
+    if tag.stage is not None:
+        keep = "transformer" if tag.stage == "high" else "transformer_2"
+        names -= {d for d in DENOISERS if d != keep}
+    return frozenset(names)
+
+
+@lru_cache(maxsize=1024)
+def _lbw(lbw: BlockWeights | None, architecture: str | None) -> _Lbw:
+    """Block multipliers of an ``lbw=`` value on ``architecture`` (None: guessed, see blocks.py)."""
+    if lbw is None:
+        return _Lbw({}, (), _NO_SCALE, True)
+    if lbw.preset is not None:
+        archs = (architecture,) if architecture else ("sd15", "flux")
+        mults = {k: v for arch in archs for k, v in blocks.preset_multipliers(lbw.preset, arch).items()}
+        covered: tuple[str, ...] = tuple(mults)
+    else:
+        form = blocks.forms_for(len(lbw.values), architecture)
+        if form is None:
+            return _Lbw({}, (), _NO_SCALE, False)
+        arch = blocks.FORM_BY_LENGTH[len(lbw.values)][0] if architecture is None else architecture
+        mults, covered = blocks.vector_multipliers(lbw.values, form), blocks.ARCH_BLOCKS[arch]
+    scale = {}
+    for group in GROUPS:
+        listed = [b for b in covered if blocks.block_group(b) == group]
+        values = [abs(mults.get(b, 1.0)) for b in listed]
+        scale[group] = max(values) if values else 1.0
+    zero = bool(covered) and all(mults.get(b, 1.0) == 0 for b in covered if b != "BASE")
+    return _Lbw(mults, covered, scale, True, zero)
+
+
+def _lbw_warning(tag: LoraTag, architecture: str | None) -> str:
+    count = len(tag.lbw.values) if tag.lbw else 0
+    valid = ", ".join(str(len(blocks.LBW_FORMS[f])) for f in blocks.ARCH_FORMS.get(architecture or "", ()))
+    return (f"{tag.text}: lbw has {count} values, which fits no {architecture} form ({valid} values); "
+            f"block weights ignored")
+
+
+@dataclass(frozen=True, eq=False)
+class LoraPlan:
+    """One tag's weights over a run. ``weight()`` is a cached look-up: the patch engine calls it per module."""
+
+    name: str
+    tag: LoraTag = field(compare=False)
+    steps: int
+    dyn: int | None
+    modules: frozenset[str] | None
+    group_weights: dict[str, tuple[float, ...]] = field(compare=False)  # "te","unet","in","mid","out"
+    block_multipliers: dict[str, float] = field(compare=False)
+    group_scale: dict[str, float] = field(compare=False)
+    lbw_blocks: tuple[str, ...] = field(default=(), compare=False)  # blocks of the architecture lbw spoke of
+    change_points: tuple[int, ...] = ()
+    is_zero: bool = False
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    _stack: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _key(self) -> tuple:  # what equality means: same weights everywhere
+        return (tuple(sorted(self.group_weights.items())), tuple(sorted(self.block_multipliers.items())))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoraPlan):
+            return NotImplemented
+        return (self.name, self.steps, self.dyn, self.modules, self._key()) == (
+            other.name, other.steps, other.dyn, other.modules, other._key())
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.steps, self.dyn))
+
+    def weights(self, component: str, block: str | None = None) -> tuple[float, ...]:
+        """Weights at steps 1..steps for ``component`` (a pipeline attribute) and ``block`` (id or None)."""
+        key = (component, block)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._compute(component, block)
+        return found
+
+    def weight(self, component: str, block: str | None, step: int) -> float:
+        """Weight at 1-based ``step``."""
+        if not 1 <= step <= self.steps:
+            raise ValueError(f"step {step} is outside 1..{self.steps}")
+        return self.weights(component, block)[step - 1]
+
+    def group_multiplier(self, group: str) -> float | None:
+        """The lbw multiplier shared by every block of ``group`` (1 without lbw), None if they differ."""
+        found = {self.block_multipliers.get(b, 1.0) for b in self.lbw_blocks if blocks.block_group(b) == group}
+        return 1.0 if not found else (found.pop() if len(found) == 1 else None)
+
+    def _compute(self, component: str, block: str | None) -> tuple[float, ...]:
+        if self.modules is not None and _canonical(component) not in self.modules:
+            return (0.0,) * self.steps
+        if _is_text_encoder(component):
+            return _scaled(self.group_weights["te"], self.block_multipliers.get("BASE", 1.0))
+        if block is None:
+            return self.group_weights["unet"]
+        group = blocks.block_group(block)
+        vector = self.group_weights["unet" if group == "te" else group]
+        return _scaled(vector, self.block_multipliers.get(block, 1.0))
+
+
+def _canonical(component: str) -> str:
+    return {"te": "text_encoder", "high": "transformer", "low": "transformer_2"}.get(component, component)
+
+
+def _is_text_encoder(component: str) -> bool:
+    return component == "te" or component.startswith("text_encoder")
+
+
+def _scaled(vector: tuple[float, ...], factor: float) -> tuple[float, ...]:
+    return vector if factor == 1.0 else tuple(v * factor for v in vector)
+
+
+@dataclass(frozen=True)
+class _Core:
+    """What a tag's content gives over a run; shared by every plan of an equal tag (and its weight cache)."""
+
+    vectors: dict[str, tuple[float, ...]]
+    lbw: _Lbw
+    allowed: frozenset[str] | None
+    points: tuple[int, ...]
+    is_zero: bool
+    cache: dict
+    stack: dict[str, tuple[float, tuple[float, ...] | None]]  # group -> (max |w| x scale, per step or None)
+
+
+_CORES: dict[tuple, _Core] = {}
+_CORES_MAX = 2048
+
+
+def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
+    key = (tag.content_key(), steps, architecture)
+    found = _CORES.get(key)
+    if found is not None:
+        return found
+    te = tag.te or tag.strength or _ONE
+    unet = tag.unet or tag.strength or te
+    schedules = {"te": te, "unet": unet, "in": tag.in_ or unet, "mid": tag.mid or unet, "out": tag.out or unet}
+    vectors = {k: resolve(s, steps) for k, s in schedules.items()}
+    lbw = _lbw(tag.lbw, architecture)
+    allowed = _allowed(tag)
+    te_live = (allowed is None or any(c in allowed for c in TEXT_ENCODERS)) and lbw.group_scale["te"] != 0
+    unet_live = (allowed is None or any(c in allowed for c in DENOISERS)) and not lbw.denoiser_zero
+    live = (["te"] if te_live else []) + (["unet", "in", "mid", "out"] if unet_live else [])
+    points = tuple(sorted(set().union(*(change_steps(schedules[k], steps) for k in live))))
+    is_zero = not any(any(vectors[k]) for k in live)
+    if len(_CORES) >= _CORES_MAX:
+        _CORES.clear()
+    stack = {}
+    for group in GROUPS:
+        touches = TEXT_ENCODERS if group == "te" else DENOISERS
+        scale = lbw.group_scale[group]
+        if is_zero or scale == 0 or (allowed is not None and not allowed.intersection(touches)):
+            stack[group] = (0.0, None)
+            continue
+        scaled = tuple(abs(v) * scale for v in vectors[group])
+        stack[group] = (max(scaled), None if scaled.count(scaled[0]) == steps else scaled)
+    found = _CORES[key] = _Core(vectors, lbw, allowed, points, is_zero, {}, stack)
+    return found
+
+
+def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple[LoraPlan, str | None]:
+    """The plan of one tag, and a warning about its lbw (or None)."""
+    core = _core(tag, steps, architecture)
+    warning = None if core.lbw.fits else _lbw_warning(tag, architecture)
+    plan = LoraPlan(tag.name, tag, steps, tag.dyn, core.allowed, core.vectors, core.lbw.multipliers,
+                    core.lbw.group_scale, core.lbw.covered, core.points, core.is_zero, core.cache, core.stack)
+    return plan, warning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The prompt without tags, and every LoRA's weights over ``steps``."""
+
+    prompt: str
+    steps: int
+    loras: tuple[LoraPlan, ...]
+    change_points: tuple[int, ...]
+    warnings: tuple[str, ...] = ()
+    architecture: str | None = None
+
+
+def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[float, int]:
+    """(largest total |weight| over the steps, the step it happens at) on one block group."""
+    entries = [lora._stack[group] for lora in loras]
+    bound = sum(peak for peak, _ in entries)
+    if bound <= STACK_WARN_LEVEL:  # cannot exceed the level at any step: skip the per-step sums
+        return bound, 1
+    base, totals = 0.0, [0.0] * steps
+    for peak, per_step in entries:
+        if per_step is None:
+            base += peak
+        else:
+            totals = list(map(add, totals, per_step))
+    top = max(totals)
+    return base + top, totals.index(top) + 1
+
+
+def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int) -> list[str]:
+    warnings = []
+    for group in GROUPS:
+        peak, step = _group_peak(loras, group, steps)
+        if peak > STACK_WARN_LEVEL:
+            where = "text encoders" if group == "te" else f"denoiser '{group}' blocks"
+            warnings.append(f"total LoRA strength on the {where} reaches {peak:.2f} at step {step}, above "
+                            f"{STACK_WARN_LEVEL}: stacked LoRAs compound artefacts; lower some weights")
+    return warnings
+
+
+def _duplicate_warnings(loras: tuple[LoraPlan, ...]) -> list[str]:
+    counts = Counter(lora.name.casefold() for lora in loras)
+    warnings = []
+    for name, count in counts.items():
+        if count > 1:
+            texts = ", ".join(l.tag.text for l in loras if l.name.casefold() == name)
+            warnings.append(f"LoRA '{name}' is used by {count} tags ({texts}); the engine applies the file "
+                            f"once with their weights added")
+    return warnings
+
+
+ParsedOrPrompt = Union[ParsedPrompt, str]
+
+
+def build_plan(parsed_or_prompt: ParsedOrPrompt, steps: int, *, architecture: str | None = None) -> Plan:
+    """Resolve every tag of a prompt (text or :class:`ParsedPrompt`) over ``steps`` sampling steps."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, not {steps!r}")
+    if architecture is not None and architecture not in blocks.ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {blocks.ARCHITECTURES}")
+    parsed = parse(parsed_or_prompt) if isinstance(parsed_or_prompt, str) else parsed_or_prompt
+    loras, warnings = [], []
+    for tag in parsed.tags:
+        plan, warning = plan_tag(tag, steps, architecture)
+        loras.append(plan)
+        if warning:
+            warnings.append(warning)
+    result = tuple(loras)
+    warnings += _duplicate_warnings(result) + _stack_warnings(result, steps)
+    points = sorted(set().union(*(lora.change_points for lora in result)))
+    return Plan(parsed.prompt, steps, result, tuple(points), tuple(warnings), architecture)

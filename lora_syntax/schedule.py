@@ -1,0 +1,65 @@
+"""A weight schedule resolved over the steps of a run.
+
+Keyframe ``w@K`` starts at step K (integer, 1-based; 0 means 1), or at floor(f x steps) + 1 for a
+fraction f (``0.5``) or a percentage (``50%``). Switch (default): the weight is the value of the last
+keyframe started, 0 before the first. ``lerp(...)``: linear between keyframes, the last value after
+the last keyframe, 0 before the first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .syntax.model import Schedule
+
+
+def _points(schedule: Schedule, steps: int) -> list[tuple[int, float]]:
+    """(start step, value) sorted by step; for equal steps the keyframe written last wins."""
+    points: dict[int, float] = {}
+    for frame in schedule.keyframes:
+        points[frame.start_step(steps)] = frame.value
+    return sorted(points.items())
+
+
+def _switch(points: list[tuple[int, float]], steps: int) -> tuple[float, ...]:
+    values = []
+    index, current = 0, 0.0
+    for step in range(1, steps + 1):
+        while index < len(points) and points[index][0] <= step:
+            current = points[index][1]
+            index += 1
+        values.append(current)
+    return tuple(values)
+
+
+def _lerp(points: list[tuple[int, float]], steps: int) -> tuple[float, ...]:
+    values = []
+    for step in range(1, steps + 1):
+        if step < points[0][0]:
+            values.append(0.0)
+            continue
+        after = next((i for i, (k, _) in enumerate(points) if k > step), None)
+        if after is None:
+            values.append(points[-1][1])
+            continue
+        (k0, v0), (k1, v1) = points[after - 1], points[after]
+        values.append(v0 + (v1 - v0) * (step - k0) / (k1 - k0))
+    return tuple(values)
+
+
+@lru_cache(maxsize=4096)
+def resolve(schedule: Schedule, steps: int) -> tuple[float, ...]:
+    """The weight at steps 1..``steps`` (index 0 = step 1)."""
+    if steps < 1:
+        return ()
+    if schedule.is_constant:
+        return (schedule.keyframes[0].value,) * steps
+    points = _points(schedule, steps)
+    return _lerp(points, steps) if schedule.interpolation == "lerp" else _switch(points, steps)
+
+
+@lru_cache(maxsize=4096)
+def change_steps(schedule: Schedule, steps: int) -> frozenset[int]:
+    """Steps >= 2 at which the resolved weight differs from the step before."""
+    values = resolve(schedule, steps)
+    return frozenset(i + 2 for i, (a, b) in enumerate(zip(values, values[1:])) if a != b)

@@ -1,0 +1,205 @@
+"""Checks a :class:`RawTag` and builds the typed :class:`LoraTag` (keys, numbers, schedules, presets).
+
+Every problem is a :class:`TagProblem` carrying the offset inside the tag it is about; the parser
+turns it into a positioned :class:`~lora_syntax.errors.LoraSyntaxError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import replace
+
+from .. import blocks
+from .grammar import RawArg, RawItem, RawTag
+from .model import BlockWeights, Keyframe, LoraTag, Schedule
+
+WEIGHT_KEYS = ("te", "unet", "in", "mid", "out", "hr", "hrte", "hrunet")
+KEYS = (*WEIGHT_KEYS, "dyn", "module", "lbw")
+STAGES = ("high", "low")
+#: ``module=`` names: the tag keys ``te``/``unet`` and the diffusers component names.
+COMPONENT_NAMES = ("te", "unet", "text_encoder", "text_encoder_2", "text_encoder_3",
+                   "transformer", "transformer_2", "high", "low")
+_FIELD = {"in": "in_"}
+_STEP = re.compile(r"\d+")
+
+
+class TagProblem(Exception):
+    """A problem in one tag, at ``pos`` (offset inside the tag text)."""
+
+    def __init__(self, message: str, pos: int, kind: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+        self.kind = kind  # "unknown key", "duplicate key", "empty name", "bad number", "bad schedule"...
+
+
+def _did_you_mean(word: str, options: tuple[str, ...]) -> str:
+    lowered = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.5)
+    listed = ", ".join(options)
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else f"; expected one of: {listed}"
+
+
+def _number(item: RawItem, what: str) -> float:
+    if item.kind != "number" and item.kind != "keyframe":
+        raise TagProblem(f"bad number {item.text!r} for {what}: expected a number such as 0.8 or -1",
+                         item.pos, "bad number")
+    value = float(item.text)
+    if not math.isfinite(value):
+        raise TagProblem(f"bad number {item.text!r} for {what}: it is not finite; use a number such as 0.8",
+                         item.pos, "bad number")
+    return value
+
+
+def _keyframe(item: RawItem, what: str) -> Keyframe:
+    value = _number(item, what)
+    at = item.at or ""
+    if item.percent:
+        percent = float(at)
+        if not 0.0 <= percent <= 100.0:
+            raise TagProblem(f"bad schedule for {what}: {at}% is not between 0% and 100%", item.at_pos,
+                             "bad schedule")
+        return Keyframe(value, percent, "percent")
+    if _STEP.fullmatch(at):
+        return Keyframe(value, float(int(at)), "step")
+    if "." in at and "e" not in at.lower() and not at.startswith(("-", "+")):
+        fraction = float(at)
+        if fraction <= 1.0:
+            return Keyframe(value, fraction, "fraction")
+    raise TagProblem(f"bad schedule for {what}: '@{at}' is not a step (1, 2...), a fraction of the run "
+                     f"(0.0-1.0) or a percentage (50%)", item.at_pos, "bad schedule")
+
+
+def _check_order(frames: list[Keyframe], items: tuple[RawItem, ...], what: str) -> None:
+    for (a, b), item in zip(zip(frames, frames[1:]), items[1:]):
+        if a.unit == b.unit and a.at is not None and b.at is not None and b.at <= a.at:
+            raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '@{item.at}' does not "
+                             f"come after the previous one", item.at_pos, "bad schedule")
+
+
+def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
+    if len(items) == 1 and items[0].kind == "call":
+        call = items[0]
+        if call.text.lower() != "lerp":
+            raise TagProblem(f"bad schedule for {what}: unknown function {call.text!r}; use lerp(w@K,w@K...)",
+                             call.pos, "bad schedule")
+        inner = _schedule(call.items, what)
+        if len(call.items) < 2 or any(i.kind != "keyframe" for i in call.items):
+            raise TagProblem(f"bad schedule for {what}: lerp() needs two or more keyframes like "
+                             f"lerp(0@0,1@10)", call.pos, "bad schedule")
+        return replace(inner, interpolation="lerp")
+    if len(items) == 1 and items[0].kind == "number":
+        return Schedule.constant(_number(items[0], what))
+    frames = []
+    for item in items:
+        if item.kind == "number":
+            raise TagProblem(f"bad schedule for {what}: {item.text!r} has no '@STEP'; write weight@step "
+                             f"pairs like 0.1@1,0.6@6", item.pos, "bad schedule")
+        if item.kind != "keyframe":
+            raise TagProblem(f"bad number {item.text!r} for {what}: expected a number or weight@step pairs",
+                             item.pos, "bad number")
+        frames.append(_keyframe(item, what))
+    _check_order(frames, items, what)
+    return Schedule(tuple(frames))
+
+
+def _dyn(items: tuple[RawItem, ...]) -> int:
+    item = items[0]
+    if len(items) != 1 or item.kind != "number" or not _STEP.fullmatch(item.text) or int(item.text) < 1:
+        raise TagProblem(f"bad number {item.text!r} for dyn: expected a whole number of dimensions >= 1",
+                         item.pos, "bad number")
+    return int(item.text)
+
+
+def _modules(items: tuple[RawItem, ...]) -> tuple[str, ...]:
+    names = []
+    for item in items:
+        if item.kind != "word" or item.text.lower() not in COMPONENT_NAMES:
+            raise TagProblem(f"unknown module {item.text!r}" + _did_you_mean(item.text, COMPONENT_NAMES),
+                             item.pos, "unknown module")
+        names.append(item.text.lower())
+    return tuple(dict.fromkeys(names))
+
+
+def _lbw(items: tuple[RawItem, ...]) -> BlockWeights:
+    first = items[0]
+    if len(items) == 1 and first.kind == "word":
+        if first.text.upper() not in blocks.PRESETS:
+            raise TagProblem(f"unknown lbw preset {first.text!r}" + _did_you_mean(first.text.upper(),
+                             blocks.PRESETS), first.pos, "unknown preset")
+        return BlockWeights(preset=first.text.upper())
+    values = tuple(_number(item, "lbw") if item.kind == "number" else _bad_lbw(item) for item in items)
+    if len(values) not in blocks.FORM_BY_LENGTH:
+        lengths = ", ".join(f"{n} ({arch})" for n, (arch, _) in sorted(blocks.FORM_BY_LENGTH.items()))
+        raise TagProblem(f"bad lbw vector: {len(values)} values; expected {lengths} or a preset "
+                         f"({', '.join(blocks.PRESETS)})", first.pos, "bad lbw")
+    return BlockWeights(values=values)
+
+
+def _bad_lbw(item: RawItem) -> float:
+    raise TagProblem(f"bad lbw value {item.text!r}: expected comma-separated numbers or one preset name",
+                     item.pos, "bad lbw")
+
+
+def _named(arg: RawArg, fields: dict[str, object], seen: dict[str, int]) -> None:
+    key = (arg.key or "").lower()
+    if key not in KEYS:
+        raise TagProblem(f"unknown key {arg.key!r}" + _did_you_mean(key, KEYS), arg.key_pos, "unknown key")
+    if key in seen:
+        raise TagProblem(f"duplicate key {key!r}: it is already set earlier in this tag", arg.key_pos,
+                         "duplicate key")
+    seen[key] = arg.key_pos
+    if key == "dyn":
+        fields["dyn"] = _dyn(arg.items)
+    elif key == "module":
+        fields["modules"] = _modules(arg.items)
+    elif key == "lbw":
+        fields["lbw"] = _lbw(arg.items)
+    else:
+        fields[_FIELD.get(key, key)] = _schedule(arg.items, key)
+
+
+def _positional(arg: RawArg, index: int, fields: dict[str, object], seen: dict[str, int]) -> int:
+    """Handles one positional value; returns the next positional index."""
+    first = arg.items[0]
+    if len(arg.items) == 1 and first.kind == "word" and first.text.lower() in STAGES:
+        if "stage" in seen:
+            raise TagProblem(f"duplicate key {first.text!r}: high/low is already set in this tag", first.pos,
+                             "duplicate key")
+        seen["stage"] = first.pos
+        fields["stage"] = first.text.lower()
+        return index
+    if len(arg.items) == 1 and first.kind == "word":
+        raise TagProblem(f"unexpected word {first.text!r}" + _did_you_mean(first.text, (*KEYS, *STAGES))
+                         + " — keys need '=' (te=0.5)", first.pos, "unknown key")
+    slots = ("strength", "unet", "dyn")
+    if index >= len(slots):
+        raise TagProblem("too many positional values: the form is <lora:NAME:TE:UNET:DYN>; name the others "
+                         "(te=, unet=, dyn=)", arg.pos, "duplicate key")
+    slot = slots[index]
+    if slot in seen:
+        raise TagProblem(f"duplicate key {slot!r}: it is already set earlier in this tag", arg.pos,
+                         "duplicate key")
+    seen[slot] = arg.pos
+    fields[slot] = _dyn(arg.items) if slot == "dyn" else _schedule(arg.items, "strength" if index == 0
+                                                                      else "unet")
+    return index + 1
+
+
+def build_tag(raw: RawTag, text: str, span: tuple[int, int]) -> LoraTag:
+    """Validates ``raw`` (parsed from ``text``) and returns the typed tag."""
+    name = raw.name.strip()
+    if not name:
+        raise TagProblem("empty name: write the LoRA's name after the colon, e.g. <lora:my_style:0.8>",
+                         raw.name_pos, "empty name")
+    fields: dict[str, object] = {}
+    seen: dict[str, int] = {}
+    index = 0
+    for arg in raw.args:
+        if arg.key is None:
+            index = _positional(arg, index, fields, seen)
+        else:
+            _named(arg, fields, seen)
+    return LoraTag(name=name, text=text, span=span, kind=raw.kind, **fields)  # type: ignore[arg-type]

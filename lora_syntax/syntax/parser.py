@@ -1,0 +1,148 @@
+"""``parse(prompt)``: find ``<lora:...>``/``<lyco:...>`` tags, parse each with Lark, tidy the prompt.
+
+A regex pre-scan finds tag openings, so prompts without tags never reach Lark; parsed tags are
+cached by their text (an LRU), so re-parsing a prompt costs a dictionary look-up per tag.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+from lark.exceptions import LarkError, UnexpectedInput, VisitError
+
+from ..errors import LoraSyntaxError
+from .build import TagProblem, build_tag
+from .grammar import PARSER, RawTag
+from .model import LoraTag, ParsedPrompt
+from .report import ERROR_EXAMPLES, lark_problem, syntax_error
+
+_OPEN = re.compile(r"<[ \t]*(?:lora|lyco)\s*:", re.IGNORECASE)
+_CACHE_SIZE = 4096
+_LABELS: dict[tuple, str | None] = {}
+
+
+def _label(error: UnexpectedInput) -> str | None:
+    """The error class of ``error`` by Lark's ``match_examples``, memoised per parser state and token:
+    matching re-parses every example, which would cost ~10 ms per bad tag."""
+    token, state = getattr(error, "token", None), getattr(error, "state", None)
+    state = getattr(state, "position", state)  # a ParserState (unhashable) from the contextual lexer
+    key = (type(error).__name__, state, getattr(token, "type", None),
+           frozenset(getattr(error, "accepts", None) or ()))
+    if key not in _LABELS:
+        try:
+            _LABELS[key] = error.match_examples(PARSER.parse, ERROR_EXAMPLES, use_accepts=True)
+        except (LarkError, TypeError, AttributeError, ValueError):
+            # lark 1.3.1 formats a ParserState with %d in a debug line of match_examples (TypeError);
+            # a label is a nicety, the message and column do not depend on it.
+            _LABELS[key] = None
+    return _LABELS[key]
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _parse_tag(tag_text: str) -> LoraTag | tuple[str, int]:
+    """The tag (span relative to ``tag_text``), or (message, offset in ``tag_text``) for a bad one."""
+    try:
+        return _attempt(tag_text)
+    except Exception as error:  # noqa: BLE001 - the contract: any prompt gives LoraSyntaxError at worst
+        return f"cannot read this tag (internal {type(error).__name__}: please report it)", 0
+
+
+def _attempt(tag_text: str) -> LoraTag | tuple[str, int]:
+    try:
+        raw: RawTag = PARSER.parse(tag_text)
+        return build_tag(raw, tag_text, (0, len(tag_text)))
+    except TagProblem as problem:
+        return problem.message, problem.pos
+    except UnexpectedInput as error:
+        return lark_problem(error, tag_text, _label(error))
+    except VisitError as error:  # Transformer exceptions arrive wrapped; ours are TagProblem
+        inner = error.orig_exc
+        if isinstance(inner, TagProblem):
+            return inner.message, inner.pos
+        return f"cannot read this tag ({type(inner).__name__})", 0
+
+
+def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
+    """(start, end, closed) of every tag; an unclosed tag runs to the next '<' or the end."""
+    found = []
+    for match in _OPEN.finditer(prompt):
+        start = match.start()
+        if found and start < found[-1][1]:
+            continue
+        close = prompt.find(">", match.end())
+        reopen = prompt.find("<", match.end())
+        if close >= 0 and (reopen < 0 or close < reopen):
+            found.append((start, close + 1, True))
+        else:
+            found.append((start, reopen if reopen >= 0 else len(prompt), False))
+    return found
+
+
+def _join(left: str, right: str, final: bool) -> str:
+    """Glue the text around a removed tag: one space at most, no doubled or dangling comma."""
+    stripped_left, stripped_right = left.rstrip(" \t"), right.lstrip(" \t")
+    spaced = len(stripped_left) != len(left) or len(stripped_right) != len(right)
+    if stripped_right.startswith(",") and (not stripped_left.strip() or stripped_left.endswith((",", "\n"))):
+        stripped_right = stripped_right[1:].lstrip(" \t")
+        spaced = True
+    if final and not stripped_right.strip() and stripped_left.endswith(","):
+        stripped_left = stripped_left[:-1]
+    if not stripped_left or not stripped_right:
+        return stripped_left + stripped_right
+    glue = " " if spaced and not stripped_left.endswith("\n") and stripped_right[0] not in ",.;)\n" else ""
+    return stripped_left + glue + stripped_right
+
+
+def _clean(prompt: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return prompt
+    out = prompt[:spans[0][0]]
+    starts = [s for s, _ in spans[1:]]
+    for index, ((_, end), nxt) in enumerate(zip(spans, starts + [len(prompt)])):
+        out = _join(out, prompt[end:nxt], final=index == len(spans) - 1)
+    return out.strip()
+
+
+def _one(prompt: str, start: int, end: int, closed: bool) -> LoraTag | LoraSyntaxError:
+    text = prompt[start:end]
+    if not closed:
+        shown = text.rstrip()
+        return syntax_error(f"unclosed tag: no '>' after {shown!r}; close it with '>'", text=prompt,
+                            offset=start, tag=shown)
+    result = _parse_tag(text)
+    if isinstance(result, LoraTag):
+        return result.with_position(text, (start, end))
+    message, offset = result
+    return syntax_error(message, text=prompt, offset=start + offset, tag=text)
+
+
+@lru_cache(maxsize=512)
+def _parse(prompt: str, on_error: str) -> ParsedPrompt:
+    tags: list[LoraTag] = []
+    errors: list[LoraSyntaxError] = []
+    spans = []
+    for start, end, closed in _find_tags(prompt):
+        result = _one(prompt, start, end, closed)
+        if isinstance(result, LoraSyntaxError):
+            if on_error == "raise":
+                raise result
+            errors.append(result)
+        else:
+            tags.append(result)
+        spans.append((start, end))
+    return ParsedPrompt(_clean(prompt, spans), tuple(tags), tuple(errors), prompt)
+
+
+def parse(prompt: str, *, on_error: Literal["raise", "skip"] = "raise") -> ParsedPrompt:
+    """Parse ``prompt``: the clean text, its LoRA tags, and (``on_error="skip"``) the bad tags' errors.
+
+    With ``"raise"`` the first bad tag raises :class:`LoraSyntaxError`; with ``"skip"`` bad tags are
+    removed from the prompt, reported in ``.errors``, and the rest is used.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+    return _parse(prompt, on_error)

@@ -1,0 +1,84 @@
+"""Positioned, human-readable syntax errors: the tag, the column and a caret line.
+
+Lark 1.3.1 traps handled here: ``str(UnexpectedToken)`` is not for users (we word our own message
+from the expected terminals) and end-of-input errors carry no usable column (we compute it).
+"""
+
+from __future__ import annotations
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from ..errors import LoraSyntaxError
+
+_WINDOW = 100
+_TERMINALS = {
+    "NUMBER": "a number", "WORD": "a key or a word", "NAME": "a LoRA name", "_SEP": "':'",
+    "_CLOSE": "'>'", "_EQ": "'='", "_COMMA": "','", "_AT": "'@'", "PERCENT": "'%'", "_LPAR": "'('",
+    "_RPAR": "')'", "$END": "the end of the tag", "OPEN": "'<lora:'",
+}
+
+# Malformed tags per error class; Lark's ``match_examples`` labels a new error by the parser
+# state it fails in. Order matters: the first class whose example fails the same way wins.
+ERROR_EXAMPLES: dict[str, list[str]] = {
+    "bad schedule": ["<lora:x:0.5@>", "<lora:x:te=0.5@>", "<lora:x:0.5@@1>", "<lora:x:0.5@x>",
+                     "<lora:x:te=0.5@1,>", "<lora:x:0.5@1,>", "<lora:x:lerp(0@0>", "<lora:x:lerp()>",
+                     "<lora:x:te=lerp(0@0,1@1>", "<lora:x:0.5@50%%>", "<lora:x:0.5@1 2>"],
+    "bad number": ["<lora:x:1.2.3>", "<lora:x:1x>", "<lora:x:te=>", "<lora:x:te=1.2.3>", "<lora:x:te=1x>",
+                   "<lora:x:te=->", "<lora:x:->", "<lora:x:>", "<lora:x:1 2>", "<lora:x:te=1 2>",
+                   "<lora:x:te==1>", "<lora:x:te=1%>", "<lora:x:1%>", "<lora:x:te=(1)>"],
+    "bad key": ["<lora:x:=1>", "<lora:x:te 1>", "<lora:x:te te=1>", "<lora:x:(1)>"],
+    "bad name": ["<lora:x=:1>", "<lora:x>y>"],
+}
+
+
+def _expected(error: UnexpectedInput) -> str:
+    names = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or ())
+    words = sorted({_TERMINALS.get(n, n.lower()) for n in names})
+    return " or ".join(words) if words else "something else"
+
+
+def lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tuple[str, int]:
+    """Our message for a Lark error inside ``tag_text``, and the offset it points at."""
+    prefix = f"{label}: " if label else ""
+    if isinstance(error, UnexpectedCharacters):
+        pos = error.pos_in_stream
+        return f"{prefix}unexpected {tag_text[pos]!r}; expected {_expected(error)}", pos
+    if isinstance(error, UnexpectedToken) and error.token.type != "$END":
+        token = error.token
+        pos = token.start_pos if token.start_pos is not None else len(tag_text) - 1
+        shown = str(token).strip() or str(token)
+        return f"{prefix}unexpected {shown!r}; expected {_expected(error)}", pos
+    # UnexpectedEOF, or an UnexpectedToken at $END: Lark's column is unreliable, the end is ours.
+    assert isinstance(error, (UnexpectedEOF, UnexpectedToken))
+    return f"{prefix}the tag ends too early; expected {_expected(error)}", max(0, len(tag_text) - 1)
+
+
+def _line_at(text: str, offset: int) -> tuple[int, int, str]:
+    """(1-based line number, 0-based column in that line, the line) for an offset in ``text``."""
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    end = len(text) if end < 0 else end
+    return text.count("\n", 0, offset) + 1, offset - start, text[start:end]
+
+
+def caret_block(text: str, offset: int) -> str:
+    """The line of ``text`` around ``offset`` (clipped to a window) with a ``^`` under it."""
+    _, column, line = _line_at(text, offset)
+    left = max(0, column - _WINDOW // 2)
+    shown = line[left:left + _WINDOW]
+    lead = "…" if left else ""
+    tail = "…" if left + _WINDOW < len(line) else ""
+    return f"  {lead}{shown}{tail}\n  {' ' * (len(lead) + column - left)}^"
+
+
+def _short(tag: str) -> str:
+    return tag if len(tag) <= 80 else tag[:77] + "..."
+
+
+def syntax_error(problem: str, *, text: str, offset: int, tag: str) -> LoraSyntaxError:
+    """A :class:`LoraSyntaxError` about ``tag`` pointing at ``offset`` of the prompt ``text``."""
+    offset = min(max(offset, 0), max(len(text) - 1, 0))
+    line, column, _ = _line_at(text, offset)
+    where = f"line {line}, column {column + 1}" if "\n" in text else f"column {column + 1}"
+    message = f"LoRA tag {_short(tag)!r} at {where}: {problem}\n{caret_block(text, offset)}"
+    return LoraSyntaxError(message, text=text, column=offset + 1, tag=tag)

@@ -1,0 +1,68 @@
+"""Helpers for the UI tests: synthetic kohya-style LoRA folders and a browser launcher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def make_lora(folder: Path, name: str, *, rank: int = 4, width: int = 32, base: str = "sd_v1",
+              words: str | None = None,
+              tags: dict[str, int] | None = None, preview: tuple[int, int, int] | None = None,
+              output_name: str | None = None, user: dict | None = None) -> Path:
+    """Write ``folder/name.safetensors``: a kohya LoRA on one attention projection (``width`` 32 fits the
+    tiny SD1.5 pipeline), with kohya metadata, an optional A1111 sidecar ``NAME.json`` and an optional
+    solid-colour ``NAME.preview.png``."""
+    path = folder / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    tensors = {f"{key}.lora_down.weight": torch.full((rank, width), 0.01),
+               f"{key}.lora_up.weight": torch.full((width, rank), 0.01),
+               f"{key}.alpha": torch.tensor(float(rank))}
+    frequency = {f"10_{words}" if words else "1_data": tags or {"cat": 5}}
+    metadata = {"ss_network_dim": str(rank), "ss_network_alpha": str(rank), "ss_base_model_version": base,
+                "ss_sd_model_name": f"{base}-base.safetensors", "ss_network_module": "networks.lora",
+                "ss_tag_frequency": json.dumps(frequency)}
+    if output_name:
+        metadata["ss_output_name"] = output_name
+    save_file(tensors, str(path), metadata=metadata)
+    if user is not None:
+        path.with_suffix(".json").write_text(json.dumps(user), encoding="utf-8")
+    if preview is not None:
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), preview).save(folder / f"{Path(name).name}.preview.png")
+    return path
+
+
+def sample_library(folder: Path) -> Path:
+    """A folder like a user's: sub-folders, previews, a sidecar, an SDXL LoRA and a hostile file name."""
+    make_lora(folder, "inkwash", words="inkwash", tags={"inkwash": 20, "mountain": 7}, preview=(30, 30, 30),
+              user={"activation text": "", "preferred weight": 0.8})
+    make_lora(folder / "styles", "watercolor", words="wcstyle", tags={"wcstyle": 12, "flower": 3},
+              preview=(70, 130, 200))
+    make_lora(folder / "styles", "pixel art", words="pixelart", tags={"pixelart": 9})
+    make_lora(folder / "xl", "neon_xl", base="sdxl_base_v1-0", words="neon", tags={"neon": 4})
+    make_lora(folder, HOSTILE, words="hostile", tags={"<script>alert(2)</script>": 1})
+    return folder
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

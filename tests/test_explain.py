@@ -1,0 +1,66 @@
+"""``python extension.py explain``: table, exact JSON shape, positioned errors, a real PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a cat, <lora:styles/ink wash v1.2:te=0.1@1,0.6@6>, <lyco:detail:0.8:lbw=OUTD:out=0.5@50%> night"
+
+
+def explain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "extension.py"), "explain", *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_json_has_the_exact_documented_shape() -> None:
+    result = explain(PROMPT, "--steps", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {"prompt", "steps", "loras"} <= set(data)
+    assert data["prompt"] == "a cat, night" and data["steps"] == 10
+    first, second = data["loras"]
+    assert (first["name"], first["tag"]) == ("styles/ink wash v1.2", "<lora:styles/ink wash v1.2:te=0.1@1,0.6@6>")
+    assert set(first["weights"]) == {"te", "unet.in", "unet.mid", "unet.out"}
+    assert first["weights"]["te"] == [0.1] * 5 + [0.6] * 5
+    assert first["weights"]["unet.mid"] == [0.1] * 5 + [0.6] * 5
+    assert all(len(v) == 10 and all(isinstance(x, float) for x in v) for v in second["weights"].values())
+    assert second["weights"]["te"] == [0.8] * 10
+    assert second["weights"]["unet.in"] == [0.0] * 10          # OUTD: every IN block x0
+    assert second["weights"]["unet.out"] == [0.0] * 5 + [0.5] * 5
+    assert data["change_points"] == [6]
+
+
+def test_table_compresses_runs() -> None:
+    result = explain(PROMPT, "--steps", "20", "--arch", "sd15")
+    assert result.returncode == 0, result.stderr
+    assert "te        1-5: 0.1, 6-20: 0.6" in result.stdout
+    assert "unet.out  1-10: 0, 11-20: 0.5" in result.stdout
+    assert "change points: 6, 11" in result.stdout
+    lerp = explain("<lora:x:lerp(0@0,1@10)>", "--steps", "12")
+    assert "1-10: 0 -> 1, 11-12: 1" in lerp.stdout
+
+
+def test_bad_prompt_exits_non_zero_with_a_caret_message() -> None:
+    result = explain("a <lora:ink:tee=1>", "--steps", "5")
+    assert result.returncode == 2
+    assert "unknown key 'tee'" in result.stderr and "did you mean 'te'" in result.stderr
+    assert "column 13" in result.stderr
+    assert result.stderr.splitlines()[-1] == "  " + " " * 12 + "^"
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "plan.png"
+    result = explain(PROMPT + " <lora:ramp:unet=lerp(0@0,1@8):in=-0.3>", "--steps", "16", "--plot", str(target))
+    assert result.returncode == 0, result.stderr
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    from PIL import Image
+    with Image.open(target) as image:
+        assert image.size == (900, 520)
+        colours = {c for _, c in image.getcolors(1 << 20)}
+        assert len(colours) > 10  # axes, text and several coloured lines, not a blank canvas

@@ -1,0 +1,199 @@
+"""lora_syntax.io: only safetensors is read; every bad file is a LoraFileError naming it."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from lora_syntax.errors import LoraFileError
+from lora_syntax.io import load_state_dict, read_header, read_tensors
+
+TENSORS = {
+    "lora_unet_a.lora_down.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+    "lora_unet_a.lora_up.weight": torch.ones(4, 3, dtype=torch.float16),
+    "lora_unet_a.alpha": torch.tensor(3.0),
+}
+
+
+def write(path: Path, tensors: dict | None = None, metadata: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(TENSORS if tensors is None else tensors, str(path), metadata=metadata)
+    return path
+
+
+def refused(path: Path, *words: str) -> LoraFileError:
+    """Both readers refuse ``path`` with a LoraFileError naming it and containing ``words``."""
+    for reader in (read_header, load_state_dict):
+        with pytest.raises(LoraFileError) as caught:
+            reader(path)
+        message = str(caught.value)
+        assert str(path) in message and caught.value.path == path
+        for word in words:
+            assert word in message, message
+    return caught.value
+
+
+def test_header_is_read_without_tensors(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.safetensors", metadata={"ss_output_name": "ink"})
+    header = read_header(path)
+    assert header.metadata == {"ss_output_name": "ink"}
+    assert header.shapes == {"lora_unet_a.lora_down.weight": (3, 4), "lora_unet_a.lora_up.weight": (4, 3),
+                             "lora_unet_a.alpha": ()}
+    assert header.dtypes["lora_unet_a.lora_up.weight"] == "F16"
+
+
+def test_state_dict_round_trips(tmp_path: Path) -> None:
+    loaded = load_state_dict(write(tmp_path / "ok.safetensors"))
+    assert loaded.keys() == TENSORS.keys()
+    for key, tensor in TENSORS.items():
+        assert torch.equal(loaded[key], tensor) and loaded[key].dtype == tensor.dtype
+    assert read_tensors(tmp_path / "ok.safetensors", ["lora_unet_a.alpha"])["lora_unet_a.alpha"].item() == 3.0
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 9, 40, "header-1", "half-data", "last-byte"])
+def test_truncated_files_are_refused(tmp_path: Path, cut: int | str) -> None:
+    data = write(tmp_path / "full.safetensors").read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    at = {"header-1": header_end - 1, "half-data": (header_end + len(data)) // 2, "last-byte": len(data) - 1}
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: at.get(cut, cut)])
+    refused(path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    refused(path, "empty", "0 bytes")
+
+
+def test_file_without_tensors(tmp_path: Path) -> None:
+    path = write(tmp_path / "none.safetensors", {})
+    assert read_header(path).shapes == {}
+    with pytest.raises(LoraFileError, match="holds no tensors") as caught:
+        load_state_dict(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin", ".pth", ".PT"])
+def test_pickle_by_extension(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"old{suffix}"
+    torch.save({"w": torch.ones(2)}, path)
+    error = refused(path, "arbitrary code", "safetensors", "save_file")
+    assert "old.safetensors" in str(error)  # the conversion hint names the output file
+
+
+class _Exploit:
+    """Unpickling this would create a marker file: proof that the file was never unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickle_renamed_to_safetensors_is_detected_by_content(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "renamed.safetensors"
+    path.write_bytes(pickle.dumps({"w": _Exploit(marker)}, protocol=protocol))
+    refused(path, "pickle", "arbitrary code")
+    assert not marker.exists()
+
+
+def test_torch_zip_checkpoint_renamed(tmp_path: Path) -> None:
+    path = tmp_path / "zip.safetensors"
+    torch.save({"w": torch.ones(2)}, path)
+    error = refused(path, "PyTorch zip checkpoint", "arbitrary code")
+    assert "zip.converted.safetensors" in str(error)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_non_finite_tensors_name_the_tensor(tmp_path: Path, bad: float, dtype: torch.dtype) -> None:
+    tensors = dict(TENSORS)
+    tensors["lora_unet_b.lora_up.weight"] = torch.tensor([[0.5, bad]], dtype=dtype)
+    path = write(tmp_path / "broken.safetensors", tensors)
+    read_header(path)  # the header alone is fine
+    with pytest.raises(LoraFileError) as caught:
+        load_state_dict(path)
+    message = str(caught.value)
+    assert "lora_unet_b.lora_up.weight" in message and str(path) in message
+    assert ("NaN" if bad != bad else "infinite") in message
+
+
+def test_integer_tensors_are_not_checked_for_nan(tmp_path: Path) -> None:
+    path = write(tmp_path / "ints.safetensors", {"steps": torch.tensor([1, 2], dtype=torch.int64)})
+    assert load_state_dict(path)["steps"].tolist() == [1, 2]
+
+
+def test_text_file_renamed(tmp_path: Path) -> None:
+    path = tmp_path / "readme.safetensors"
+    path.write_text("This is not a LoRA, just some text.\n")
+    refused(path, "not a safetensors file")
+
+
+def test_html_error_page_saved_as_lora(tmp_path: Path) -> None:
+    path = tmp_path / "download.safetensors"
+    path.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    refused(path, "not a safetensors file")
+
+
+def test_corrupt_header_json(tmp_path: Path) -> None:
+    body = b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]'  # unterminated JSON
+    path = tmp_path / "json.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body + bytes(8))
+    refused(path, "corrupt")
+
+
+def test_header_claims_more_data_than_the_file_has(tmp_path: Path) -> None:
+    body = b'{"a":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body + bytes(16))
+    refused(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    refused(tmp_path / "missing.safetensors", "does not exist")
+    (tmp_path / "dir.safetensors").mkdir()
+    refused(tmp_path / "dir.safetensors", "not a regular file")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads unreadable files")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "locked.safetensors")
+    path.chmod(0)
+    refused(path, "cannot be read")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_another_exception(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.safetensors"
+    path.write_bytes(data)
+    for reader in (read_header, load_state_dict):
+        try:
+            reader(path)
+        except LoraFileError as error:
+            assert str(path) in str(error)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0, max_value=10_000), value=st.integers(min_value=0, max_value=255))
+def test_flipped_bytes_never_escape_as_another_exception(tmp_path: Path, position: int, value: int) -> None:
+    data = bytearray(write(tmp_path / "src.safetensors").read_bytes())
+    data[position % len(data)] = value
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(bytes(data))
+    for reader in (read_header, load_state_dict):
+        try:
+            reader(path)
+        except LoraFileError as error:
+            assert str(path) in str(error)

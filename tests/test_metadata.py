@@ -1,0 +1,204 @@
+"""lora_syntax.metadata: trigger words by order of trust, sidecars, previews, A1111 user metadata."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lora_syntax.errors import LoraFileError
+from lora_syntax.metadata import (architecture_from_metadata, guess_adapter_types, guess_format, parse_tag_frequency,
+                                  read_info, save_user_metadata)
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwAB"
+                       "BAEAwS2OUAAAAABJRU5ErkJggg==")
+KOHYA = {
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(8, 320),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 8),
+    "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0),
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(8, 768),
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 8),
+    "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(4.0),
+}
+
+
+def write(folder: Path, name: str = "ink", metadata: dict | None = None, tensors: dict | None = None) -> Path:
+    path = folder / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(KOHYA if tensors is None else tensors, str(path), metadata=metadata)
+    return path
+
+
+def sidecar(path: Path, suffix: str, data: object) -> None:
+    path.with_name(path.stem + suffix).write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+TAGS = {"10_inkwash": {"monochrome": 5, "ink": 9, "1girl": 2}, "3_brush strokes": {"monochrome": 4, "sky": 1}}
+
+
+def test_every_source_in_order_of_trust(tmp_path: Path) -> None:
+    path = write(tmp_path, metadata={"modelspec.trigger_phrase": "spec word, Civ One", "ss_tag_frequency":
+                                     json.dumps(TAGS)})
+    sidecar(path, ".json", {"activation text": "a1111 word, second", "preferred weight": 0.7,
+                            "negative text": "blurry", "notes": "use at 0.7", "description": "Ink style",
+                            "sd version": "SD1", "trainedWords": ["helper word"]})
+    sidecar(path, ".civitai.info", {"trainedWords": ["civ one, civ two", "A1111 WORD"]})
+    info = read_info(path)
+    assert info.trigger_words == ("a1111 word", "second", "civ one", "civ two", "helper word", "spec word",
+                                  "inkwash", "brush strokes", "ink", "monochrome", "1girl", "sky")
+    assert info.activation_text == "a1111 word, second"
+    assert info.preferred_weight == 0.7 and info.negative_text == "blurry" and info.notes == "use at 0.7"
+    assert info.description == "Ink style" and info.sd_version == "SD1"
+    assert info.tag_frequency == {"monochrome": 9, "ink": 9, "1girl": 2, "sky": 1}
+
+
+def test_civitai_helper_json_alone(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    sidecar(path, ".json", {"trainedWords": ["zxc style"], "sha256": "abc"})
+    info = read_info(path)
+    assert info.trigger_words == ("zxc style",) and info.preferred_weight is None and info.activation_text == ""
+
+
+def test_a1111_zero_preferred_weight_means_unset(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    sidecar(path, ".json", {"preferred weight": 0})
+    assert read_info(path).preferred_weight is None
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", "\xff\xfe garbage"])
+def test_malformed_sidecars_warn_and_are_ignored(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path, metadata={"modelspec.trigger_phrase": "kept"})
+    sidecar(path, ".json", bad)
+    sidecar(path, ".civitai.info", bad)
+    with pytest.warns(UserWarning, match="ignoring"):
+        info = read_info(path)
+    assert info.trigger_words == ("kept",)
+
+
+def test_tag_frequency_parsing() -> None:
+    raw = json.dumps({"5_ink": {"a": 1}, "ink": {"a": 2}, "1_2_x": {"b": 3}, "12_": {"c": 1}, "n": "oops"})
+    folders, counts = parse_tag_frequency(raw)
+    assert folders == ["ink", "ink", "2_x", "n"]
+    assert counts == {"a": 3, "b": 3, "c": 1}
+    assert parse_tag_frequency(None) == ([], {})
+    with pytest.warns(UserWarning, match="ss_tag_frequency"):
+        assert parse_tag_frequency("{broken") == ([], {})
+
+
+def test_at_most_ten_caption_tags_most_frequent_first(tmp_path: Path) -> None:
+    tags = {"1_set": {f"tag{i:02}": 100 - i for i in range(30)}}
+    info = read_info(write(tmp_path, metadata={"ss_tag_frequency": json.dumps(tags)}))
+    assert info.trigger_words == ("set", *(f"tag{i:02}" for i in range(10)))
+    assert len(info.tag_frequency) == 30
+
+
+@pytest.mark.parametrize("present, expected", [
+    (["ink.png", "ink.preview.png"], "ink.preview.png"),
+    (["ink.png", "ink.jpg"], "ink.png"),
+    (["ink.preview.jpeg", "ink.webp"], "ink.preview.jpeg"),
+    (["ink.webp"], "ink.webp"),
+    (["other.png"], None),
+])
+def test_preview_files(tmp_path: Path, present: list[str], expected: str | None) -> None:
+    path = write(tmp_path, metadata={"modelspec.thumbnail": "data:image/png;base64,"
+                                     + base64.b64encode(PNG).decode()} if expected is None else None)
+    for name in present:
+        (tmp_path / name).write_bytes(PNG)
+    preview = read_info(path).preview
+    if expected is None:  # falls back to the modelspec thumbnail, decoded into a cache file
+        assert preview is not None and preview.read_bytes() == PNG and preview.suffix == ".png"
+    else:
+        assert preview == tmp_path / expected
+
+
+def test_modelspec_thumbnail_goes_to_the_given_cache_dir(tmp_path: Path) -> None:
+    url = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8fakejpeg").decode()
+    path = write(tmp_path / "loras", metadata={"modelspec.thumbnail": url})
+    preview = read_info(path, thumbnail_dir=tmp_path / "thumbs").preview
+    assert preview is not None and preview.parent == tmp_path / "thumbs" and preview.suffix == ".jpg"
+    assert preview.read_bytes() == b"\xff\xd8fakejpeg"
+    assert read_info(write(tmp_path, "bad", {"modelspec.thumbnail": "http://x/y.png"})).preview is None
+
+
+def test_rank_alpha_format_trainer_from_kohya_file(tmp_path: Path) -> None:
+    info = read_info(write(tmp_path, metadata={"ss_network_dim": "8", "ss_sd_model_name": "v1-5-pruned.ckpt"}))
+    assert (info.rank, info.alpha, info.format, info.adapter_types) == (8, 4.0, "kohya", ("lora",))
+    assert info.trainer == "kohya-ss/sd-scripts" and info.base_model == "v1-5-pruned.ckpt"
+    assert read_info(write(tmp_path, "b", {"ss_network_alpha": "16"})).alpha == 16.0
+
+
+@pytest.mark.parametrize("keys, dialect", [
+    (["lora_unet_x.lora_down.weight", "lora_te1_y.lora_up.weight"], "kohya"),
+    (["unet.down_blocks.0.attn.to_q.lora_A.weight", "unet.down_blocks.0.attn.to_q.lora_B.weight"], "peft"),
+    (["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"], "diffusers-legacy"),
+    (["double_blocks.0.processor.proj_lora1.down.weight"], "flux-xlabs"),
+    (["unet:0:up", "unet:0:down"], "cloneofsimo"),
+    (["something.else"], "unknown"),
+])
+def test_format_guess(keys: list[str], dialect: str) -> None:
+    assert guess_format(keys) == dialect
+
+
+def test_adapter_type_guess() -> None:
+    keys = ["lora_unet_a.hada_w1_a", "lora_unet_b.lokr_w1", "lora_unet_c.lora_down.weight", "lora_unet_c.dora_scale",
+            "lora_unet_d.diff", "lora_unet_e.w_norm", "lora_unet_f.a1.weight", "lora_unet_g.oft_blocks"]
+    assert guess_adapter_types(keys) == ("dora", "full", "glora", "loha", "lokr", "lora", "norm", "oft")
+
+
+@pytest.mark.parametrize("metadata, arch", [
+    ({"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl"),
+    ({"ss_base_model_version": "sd_v1"}, "sd15"),
+    ({"ss_base_model_version": "sd_v2_768_v"}, "sd2"),
+    ({"ss_v2": "True"}, "sd2"),
+    ({"modelspec.architecture": "stable-diffusion-v1/lora"}, "sd15"),
+    ({"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}, "sdxl"),
+    ({"modelspec.architecture": "flux-1-dev/lora"}, "flux"),
+    ({"ss_base_model_version": "flux1"}, "flux"),
+    ({}, None),
+])
+def test_architecture_from_metadata(metadata: dict, arch: str | None) -> None:
+    assert architecture_from_metadata(metadata) == arch
+    assert architecture_from_metadata({}, "SDXL") == "sdxl"
+
+
+def test_save_user_metadata_round_trip_keeps_unknown_keys(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    sidecar(path, ".json", {"sha256": "abc123", "activation text": "old", "notes": "keep me"})
+    target = save_user_metadata(path, activation_text="ink wash, monochrome", preferred_weight=0.6,
+                                negative_text="color", extra={"my key": 1})
+    stored = json.loads(target.read_text())
+    assert stored == {"sha256": "abc123", "activation text": "ink wash, monochrome", "notes": "keep me",
+                      "preferred weight": 0.6, "negative text": "color", "my key": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ink.json", "ink.safetensors"]  # no temp file left
+    info = read_info(path)
+    assert info.trigger_words[:2] == ("ink wash", "monochrome") and info.preferred_weight == 0.6
+    assert info.notes == "keep me"
+
+
+def test_save_user_metadata_creates_the_sidecar(tmp_path: Path) -> None:
+    path = write(tmp_path, "styles/new")
+    target = save_user_metadata(path, activation_text="x", notes="n", description="d", sd_version="SDXL")
+    assert target == tmp_path / "styles" / "new.json"
+    assert json.loads(target.read_text()) == {"activation text": "x", "notes": "n", "description": "d",
+                                              "sd version": "SDXL"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["new.json", "new.safetensors"]
+
+
+def test_save_user_metadata_refuses_to_overwrite_a_malformed_sidecar(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    sidecar(path, ".json", "{oops")
+    with pytest.raises(LoraFileError, match="not valid JSON"):
+        save_user_metadata(path, notes="x")
+    assert (tmp_path / "ink.json").read_text() == "{oops"
+
+
+@pytest.mark.parametrize("name, dialect", [("sd15_diffusers_attnproc_rank4", "diffusers-legacy"),
+                                           ("sd15_cloneofsimo_legacy_rank4", "cloneofsimo")])
+def test_real_files(shared_fixtures: Path, name: str, dialect: str) -> None:
+    info = read_info(shared_fixtures / "real-loras" / f"{name}.safetensors")
+    assert (info.format, info.rank, info.adapter_types) == (dialect, 4, ("lora",))
+    assert info.trigger_words == () and info.preview is None

@@ -1,0 +1,234 @@
+"""Patcher core: fp32 fusion, one rounding, restore by copy, atomic failures (stand-in modules and adapters)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from lora_syntax.adapters.base import Adapter
+from lora_syntax.adapters.lora import LoraAdapter
+from lora_syntax.errors import LoraApplyError, LoraShapeError
+from lora_syntax.patcher import ModuleStack, Patcher, Term
+from lora_syntax.targets import ModuleTarget
+
+
+class Net(torch.nn.Module):
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.a = torch.nn.Linear(8, 6)
+        self.b = torch.nn.Linear(6, 4, bias=False)
+        self.c = torch.nn.Conv2d(4, 5, 3)
+        self.register_buffer("stat", torch.arange(3.0))
+        self.to(dtype)
+
+
+def snapshot(*modules):
+    return [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def assert_same(before, *modules):
+    for saved, module in zip(before, modules):
+        now = module.state_dict()
+        assert saved.keys() == now.keys()
+        for key in saved:
+            assert saved[key].dtype == now[key].dtype and torch.equal(saved[key], now[key]), key
+
+
+def lora(out_f, in_f, rank=2, seed=0, kernel=(), alpha=None):
+    g = torch.Generator().manual_seed(seed)
+    up = torch.randn(out_f, rank, *([1] * len(kernel)), generator=g)
+    down = torch.randn(rank, in_f, *kernel, generator=g)
+    return LoraAdapter(up=up, down=down, alpha=alpha)
+
+
+@dataclass(frozen=True, eq=False)
+class Scale(Adapter):
+    """Non-additive stand-in: W' = W * (1 + m * s)."""
+
+    kind: ClassVar[str] = "scale"
+    additive: ClassVar[bool] = False
+    s: float = 0.5
+
+    @classmethod
+    def claims(cls, params):
+        return False
+
+    @classmethod
+    def from_params(cls, params):
+        raise NotImplementedError
+
+    def delta(self, weight):
+        return weight.float() * self.s
+
+    def patched(self, weight, multiplier):
+        return weight.float() * (1 + multiplier * self.s)
+
+
+@dataclass(frozen=True, eq=False)
+class Broken(Adapter):
+    """Fails while computing its delta (after the shape check passes)."""
+
+    kind: ClassVar[str] = "broken"
+    error: type = RuntimeError
+
+    @classmethod
+    def claims(cls, params):
+        return False
+
+    @classmethod
+    def from_params(cls, params):
+        raise NotImplementedError
+
+    def delta(self, weight):
+        if weight.device.type == "meta":
+            return torch.empty_like(weight)
+        raise self.error("boom")
+
+
+@dataclass(frozen=True, eq=False)
+class BiasOnly(Adapter):
+    kind: ClassVar[str] = "biasonly"
+    b: torch.Tensor = None
+
+    @classmethod
+    def claims(cls, params):
+        return False
+
+    @classmethod
+    def from_params(cls, params):
+        raise NotImplementedError
+
+    def delta(self, weight):
+        return torch.zeros_like(weight, dtype=torch.float32)
+
+    def bias_delta(self):
+        return self.b
+
+
+def stack(module, *terms, component="net"):
+    return ModuleStack(ModuleTarget(component, module), tuple(terms))
+
+
+def test_fused_weight_is_fp32_sum_rounded_once():
+    net = Net(torch.float16)
+    w0 = net.a.weight.detach().float().clone()
+    l1, l2 = lora(6, 8, seed=1, alpha=1.0), lora(6, 8, rank=3, seed=2)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", l1, (0.7, 0.2)), Term("y", l2, (-0.3, -0.3)))])
+    p.apply(1)
+    expected = (w0 + 0.7 * l1.delta(w0) - 0.3 * l2.delta(w0)).half()
+    assert torch.equal(net.a.weight, expected)
+    p.apply(2)
+    expected = (w0 + 0.2 * l1.delta(w0) - 0.3 * l2.delta(w0)).half()
+    assert torch.equal(net.a.weight, expected)
+
+
+def test_fp32_conv_and_non_additive_after_sum():
+    net = Net()
+    w0 = net.c.weight.detach().clone()
+    conv = lora(5, 4, seed=3, kernel=(3, 3))
+    p = Patcher({"net": net})
+    p.load([stack("c", Term("s", Scale(0.5), (1.0,)), Term("l", conv, (0.5,)))])
+    p.apply(1)
+    expected = (w0 + 0.5 * conv.delta(w0)) * 1.5   # additive sum first, then the non-additive one
+    torch.testing.assert_close(net.c.weight, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_bias_delta_and_restore():
+    net = Net()
+    before = snapshot(net)
+    d = torch.arange(6.0)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("b", BiasOnly(b=d), (2.0,)))])
+    p.apply(1)
+    assert torch.equal(net.a.bias, before[0]["a.bias"] + 2 * d)
+    p.restore()
+    assert_same(before, net)
+
+
+def test_only_changed_modules_are_rewritten():
+    net = Net()
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (1.0, 1.0, 0.5, 0.5))),
+            stack("b", Term("y", lora(4, 6), (1.0, 1.0, 1.0, 0.0)))])
+    assert p.change_points() == (3, 4)
+    assert p.apply(1).modules == 2
+    assert p.apply(2).modules == 0
+    assert p.apply(3).modules == 1
+    assert p.apply(4).modules == 1
+    p.load(p.stacks)   # same stack again: nothing to redo
+    assert p.apply(4).modules == 0
+
+
+def test_failures_before_touching_leave_model_identical():
+    net = Net()
+    before = snapshot(net)
+    p = Patcher({"net": net})
+    with pytest.raises(LoraApplyError, match="nope"):
+        p.load([stack("a", Term("x", lora(6, 8), (1.0,))), stack("nope", Term("x", lora(6, 8), (1.0,)))])
+    with pytest.raises(LoraApplyError, match="component 'unet'"):
+        p.load([stack("a", Term("x", lora(6, 8), (1.0,)), component="unet")])
+    with pytest.raises(LoraShapeError, match="net.b"):
+        p.load([stack("a", Term("x", lora(6, 8), (1.0,))), stack("b", Term("bad", lora(6, 8), (1.0,)))])
+    assert_same(before, net)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_error_midway_restores_everything(error):
+    net = Net()
+    before = snapshot(net)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (1.0,))), stack("c", Term("bad", Broken(error), (1.0,)))])
+    expected = KeyboardInterrupt if error is KeyboardInterrupt else LoraApplyError
+    with pytest.raises(expected):
+        p.apply(1)
+    assert_same(before, net)
+    assert p.backup_bytes == 0
+
+
+def test_random_sequences_restore_bitwise():
+    rng = random.Random(1234)
+    for _ in range(25):
+        net = Net(rng.choice([torch.float32, torch.float16, torch.bfloat16]))
+        before = snapshot(net)
+        p = Patcher({"net": net})
+        for _ in range(rng.randint(1, 8)):
+            op = rng.choice(["load", "apply", "apply", "fail", "badname", "restore"])
+            weights = lambda: tuple(rng.choice([0.0, 0.5, 1.0, -1.0]) for _ in range(3))  # noqa: E731
+            good = [stack("a", Term("x", lora(6, 8, seed=rng.randint(0, 9)), weights())),
+                    stack("c", Term("y", lora(5, 4, kernel=(3, 3)), weights()), Term("s", Scale(), weights()))]
+            if op == "load":
+                p.load(rng.sample(good, rng.randint(1, 2)))
+            elif op == "apply":
+                p.apply(rng.randint(1, 3))
+            elif op == "fail":
+                p.load(good + [stack("b", Term("z", Broken(), (1.0,) * 3))])
+                with pytest.raises(LoraApplyError):
+                    p.apply(rng.randint(1, 3))
+                assert_same(before, net)
+            elif op == "badname":
+                with pytest.raises(LoraApplyError):
+                    p.load(good + [stack("zz", Term("z", lora(6, 8), (1.0,) * 3))])
+            else:
+                p.restore()
+                assert_same(before, net)
+        p.restore()
+        assert_same(before, net)
+        assert p.backup_bytes == 0
+
+
+def test_reload_restores_modules_no_longer_in_stack():
+    net = Net()
+    before = snapshot(net)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (1.0,))), stack("b", Term("y", lora(4, 6), (1.0,)))])
+    p.apply(1)
+    p.load([stack("a", Term("x", lora(6, 8), (1.0,)))])
+    assert torch.equal(net.b.weight, before[0]["b.weight"])
+    assert not torch.equal(net.a.weight, before[0]["a.weight"])
+    p.restore()
+    assert_same(before, net)

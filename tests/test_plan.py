@@ -1,0 +1,210 @@
+"""The plan resolves the documented defaults, schedules, block weights and restrictions to numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_syntax import blocks
+from lora_syntax.plan import STACK_WARN_LEVEL, build_plan
+from lora_syntax.syntax import parse
+
+
+def lora(prompt: str, steps: int = 10, architecture: str | None = None):
+    plan = build_plan(prompt, steps, architecture=architecture)
+    assert len(plan.loras) == 1
+    return plan.loras[0]
+
+
+def te(p, step: int = 1) -> float:
+    return p.weight("text_encoder", None, step)
+
+
+def unet(p, block: str | None = None, step: int = 1, component: str = "unet") -> float:
+    return p.weight(component, block, step)
+
+
+@pytest.mark.parametrize("prompt,te_w,unet_w", [
+    ("<lora:x>", 1.0, 1.0),
+    ("<lora:x:0.7>", 0.7, 0.7),
+    ("<lora:x:te=0.4>", 0.4, 0.4),          # unet defaults to te when no positional strength
+    ("<lora:x:1:te=0>", 0.0, 1.0),          # a UNet-only LoRA
+    ("<lora:x:0.8:0.5>", 0.8, 0.5),         # A1111 TE:UNET
+    ("<lora:x:unet=0.3>", 1.0, 0.3),
+    ("<lora:x:-0.5>", -0.5, -0.5),
+    ("<lora:x:0>", 0.0, 0.0),
+])
+def test_default_rules(prompt: str, te_w: float, unet_w: float) -> None:
+    p = lora(prompt)
+    assert (te(p), te(p), unet(p), unet(p, "IN04"), unet(p, "M00"), unet(p, "OUT11")) == (
+        te_w, te_w, unet_w, unet_w, unet_w, unet_w)
+    assert p.weight("text_encoder_2", None, 3) == te_w
+    assert unet(p, "D03", component="transformer") == unet_w
+
+
+def test_in_mid_out_override_their_groups_only() -> None:
+    p = lora("<lora:x:0.9:in=0.2:mid=0.3:out=0.4>")
+    assert (unet(p, "IN00"), unet(p, "M00"), unet(p, "OUT05"), unet(p, None), te(p)) == (0.2, 0.3, 0.4, 0.9, 0.9)
+    assert (unet(p, "EMBED"), unet(p, "D18"), unet(p, "S00"), unet(p, "FINAL")) == (0.2, 0.2, 0.3, 0.4)
+
+
+def test_dyn_from_positional_and_key() -> None:
+    assert lora("<lora:x:1:1:16>").dyn == 16
+    assert lora("<lora:x:dyn=4>").dyn == 4
+    assert lora("<lora:x>").dyn is None
+
+
+def test_switch_schedule_holds_until_next_keyframe() -> None:
+    p = lora("<lora:x:te=0.1@1,0.6@6>", steps=20)
+    assert p.weights("text_encoder", None) == (0.1,) * 5 + (0.6,) * 15
+    assert p.weights("unet", "IN04") == (0.1,) * 5 + (0.6,) * 15  # unet follows te
+    assert p.change_points == (6,)
+
+
+def test_before_first_keyframe_is_zero_and_at0_is_start() -> None:
+    assert lora("<lora:x:0.5@4>", 6).weights("unet", None) == (0, 0, 0, 0.5, 0.5, 0.5)
+    assert lora("<lora:x:1@0,0@3>", 4).weights("unet", None) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("at,steps,first", [("0.5", 20, 11), ("0.0", 20, 1), ("0.25", 10, 3), ("50%", 20, 11),
+                                             ("25%", 10, 3), ("0.3", 10, 4), ("1.0", 10, 11), ("99%", 10, 10)])
+def test_fractions_and_percentages_start_at_floor_f_steps_plus_one(at: str, steps: int, first: int) -> None:
+    values = lora(f"<lora:x:1@{at}>", steps).weights("text_encoder", None)
+    assert values == tuple(0.0 if s < first else 1.0 for s in range(1, steps + 1))
+
+
+def test_step_beyond_the_run_never_applies() -> None:
+    assert lora("<lora:x:1@0,0@30>", 10).weights("unet", None) == (1.0,) * 10
+
+
+def test_lerp_interpolates_linearly_between_keyframes() -> None:
+    p = lora("<lora:x:unet=lerp(0@1,1@5)>", 7)
+    assert p.weights("unet", "M00") == (0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+    assert te(p) == 1.0
+    assert p.change_points == (2, 3, 4, 5)
+    assert lora("<lora:x:lerp(1@3,0@5)>", 6).weights("unet", None) == (0.0, 0.0, 1.0, 0.5, 0.0, 0.0)
+
+
+def test_loractl_tag_plans_with_switch_semantics() -> None:
+    p = lora("<lora:detail:0.5@0,1@0.5:hr=1>", 10)
+    assert p.weights("unet", None) == (0.5,) * 5 + (1.0,) * 5
+
+
+def test_lbw_sd15_17_vector_and_base() -> None:
+    vector = [0.5, 1, 1, 1, 1, 1, 1, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 1]  # BASE,IN01..,M00,OUT03..OUT11
+    p = lora("<lora:x:0.8:lbw=" + ",".join(map(str, vector)) + ">", architecture="sd15")
+    assert te(p) == pytest.approx(0.4)
+    assert unet(p, "M00") == pytest.approx(0.16)
+    assert (unet(p, "OUT03"), unet(p, "OUT11"), unet(p, "IN01")) == (0.0, 0.8, 0.8)
+    assert (unet(p, "IN00"), unet(p, "OUT00")) == (0.8, 0.8)  # blocks a short vector omits keep 1
+
+
+def test_lbw_is_matched_by_length_without_architecture() -> None:
+    sdxl = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2]  # BASE,IN04,IN05,IN07,IN08,M00,OUT00..OUT05
+    p = lora("<lora:x:lbw=" + ",".join(map(str, sdxl)) + ">")
+    assert (unet(p, "IN04"), unet(p, "M00"), unet(p, "OUT05"), unet(p, "IN00")) == (0.0, 1.0, 2.0, 1.0)
+    flux = [1] + [0] * 19 + [0.5] * 38
+    p = lora("<lora:x:lbw=" + ",".join(map(str, flux)) + ">")
+    assert (unet(p, "D07"), unet(p, "S30"), te(p)) == (0.0, 0.5, 1.0)
+
+
+def test_lbw_of_the_wrong_length_for_the_architecture_warns_and_is_ignored() -> None:
+    plan = build_plan("<lora:x:lbw=" + ",".join(["0"] * 12) + ">", 5, architecture="sd15")
+    assert any("fits no sd15 form" in w for w in plan.warnings)
+    assert plan.loras[0].weight("unet", "IN04", 1) == 1.0
+
+
+def test_sd15_presets_reproduce_lora_block_weight_vectors() -> None:
+    expected = {"INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0", "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+                "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0", "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+                "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0", "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+                "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1", "NONE": ",".join(["0"] * 17),
+                "ALL": ",".join(["1"] * 17)}
+    for preset, vector in expected.items():
+        mults = blocks.preset_multipliers(preset, "sd15")
+        got = ",".join(f"{mults[b]:g}" for b in blocks.LBW_BLOCKS["sd15"])
+        assert got == vector, preset
+
+
+def test_presets_per_architecture() -> None:
+    p = lora("<lora:x:lbw=OUTD>", architecture="sd15")
+    assert (te(p), unet(p, "IN04"), unet(p, "OUT04"), unet(p, "OUT09")) == (1.0, 0.0, 1.0, 0.0)
+    p = lora("<lora:x:lbw=INS>", architecture="sdxl")
+    assert (unet(p, "IN02"), unet(p, "IN07"), unet(p, "M00"), te(p)) == (1.0, 0.0, 0.0, 1.0)
+    p = lora("<lora:x:lbw=MIDD>", architecture="flux")
+    assert (unet(p, "D03"), unet(p, "D12"), unet(p, "S05"), unet(p, "S30"), unet(p, "FINAL")) == (0, 1, 1, 1, 0)
+    p = lora("<lora:x:0.6:lbw=ALL0.5>", architecture="sdxl")
+    assert (te(p), unet(p, "OUT08")) == (0.3, 0.3)
+    assert lora("<lora:x:lbw=NONE>").is_zero
+
+
+def test_module_restricts_components() -> None:
+    p = lora("<lora:x:0.7:module=te>")
+    assert (te(p), p.weight("text_encoder_2", None, 1), unet(p, "IN04")) == (0.7, 0.7, 0.0)
+    assert not p.is_zero and p.modules == frozenset({"text_encoder", "text_encoder_2", "text_encoder_3"})
+    p = lora("<lora:x:0.7:module=transformer,text_encoder_2>")
+    assert (unet(p, "D01", component="transformer"), unet(p, "D01", component="transformer_2")) == (0.7, 0.0)
+    assert (te(p), p.weight("text_encoder_2", None, 1)) == (0.0, 0.7)
+    p = lora("<lora:x:module=unet>")
+    assert (te(p), unet(p), unet(p, component="transformer_2")) == (0.0, 1.0, 1.0)
+
+
+def test_high_low_pick_one_transformer() -> None:
+    p = lora("<lora:x:0.5:high>")
+    assert (unet(p, component="transformer"), unet(p, component="transformer_2"), te(p)) == (0.5, 0.0, 0.5)
+    p = lora("<lora:x:0.5:low>")
+    assert (unet(p, component="transformer"), unet(p, component="transformer_2")) == (0.0, 0.5)
+
+
+def test_is_zero() -> None:
+    assert lora("<lora:x:0>").is_zero
+    assert lora("<lora:x:te=0:unet=0>").is_zero
+    assert not lora("<lora:x:1:te=0>").is_zero
+    assert not lora("<lora:x:0@1,1@5>").is_zero
+    assert lora("<lora:x:1@50>", 10).is_zero  # starts after the run
+    assert lora("<lora:x:0:module=te:te=0>").is_zero
+
+
+def test_plan_change_points_are_the_union() -> None:
+    plan = build_plan("<lora:a:te=0.1@1,0.6@6> <lora:b:1@0.5> <lora:c:0.5>", 20)
+    assert plan.change_points == (6, 11)
+    assert plan.prompt == ""
+    assert [l.change_points for l in plan.loras] == [(6,), (11,), ()]
+
+
+def test_warnings_duplicate_name_and_stack_level() -> None:
+    plan = build_plan("<lora:ink:0.5> <lora:INK:0.2>", 10)
+    assert any("is used by 2 tags" in w for w in plan.warnings)
+    assert not build_plan("<lora:a:0.7> <lora:b:0.7>", 10).warnings
+    plan = build_plan("<lora:a:0.8> <lora:b:0.8>", 10)
+    assert any(f"reaches 1.60 at step 1, above {STACK_WARN_LEVEL}" in w for w in plan.warnings)
+    plan = build_plan("<lora:a:1> <lora:b:te=0:unet=0.9@7>", 10)
+    assert [w for w in plan.warnings if "step 7" in w] and not [w for w in plan.warnings if "text" in w]
+    plan = build_plan("<lora:a:1:lbw=OUTS> <lora:b:1:lbw=INS>", 10, architecture="sd15")
+    assert [w for w in plan.warnings if "text encoders" in w] and not [w for w in plan.warnings if "denoiser" in w]
+
+
+def test_weight_lookup_is_cached_and_checks_the_step() -> None:
+    p = lora("<lora:x:te=0.1@1,0.6@6>")
+    assert p.weights("unet", "IN04") is p.weights("unet", "IN04")
+    with pytest.raises(ValueError):
+        p.weight("unet", None, 11)
+
+
+def test_build_plan_takes_parsed_prompt_and_checks_arguments() -> None:
+    parsed = parse("a <lora:x:0.5>")
+    assert build_plan(parsed, 4) == build_plan("a <lora:x:0.5>", 4)
+    with pytest.raises(ValueError):
+        build_plan(parsed, 0)
+    with pytest.raises(ValueError):
+        build_plan(parsed, 4, architecture="sd3")
+
+
+def test_block_groups_and_lbw_forms() -> None:
+    assert [blocks.block_group(b) for b in ("BASE", "IN00", "M00", "OUT11", "EMBED", "D18", "S37", "FINAL")] == [
+        "te", "in", "mid", "out", "in", "in", "mid", "out"]
+    assert {k: len(v) for k, v in blocks.LBW_BLOCKS.items()} == {
+        "sd15": 17, "sd15-full": 26, "sd2": 17, "sd2-full": 26, "sdxl": 12, "sdxl-full": 20, "flux": 58}
+    assert blocks.LBW_BLOCKS["sdxl"] == ("BASE", "IN04", "IN05", "IN07", "IN08", "M00",
+                                         "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05")
+    with pytest.raises(ValueError):
+        blocks.block_group("XX1")

@@ -1,0 +1,173 @@
+"""The ``ui`` command: a local Gradio app to write prompts with LoRA tags, see their plan, and generate.
+
+Layout: prompt and negative prompt, steps/seed/size, Generate (with progress), the image; under the
+prompts a Plan tab (updated as you type) and the Networks tab. Binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lora_syntax.errors import LoraError
+
+from . import compat
+from .networks import NetworksModel, build_networks_tab
+from .plan_view import plan_view
+
+HELP = "start the web UI (prompt, plan view, Networks tab, generation) on localhost"
+DEFAULT_PORT = 7861
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a diffusers pipeline folder (default: the built-in demo model)")
+    parser.add_argument("--lora-dir", type=Path, action="append", default=None, dest="lora_dirs",
+                        help="a LoRA folder; repeat for several (default: the demo LoRAs)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+
+
+def architecture_of(pipe: Any) -> str | None:
+    """The model family of a diffusers pipeline, from its class and text-encoder width."""
+    name = type(pipe).__name__
+    if "Flux" in name:
+        return "flux"
+    if "XL" in name:
+        return "sdxl"
+    if "StableDiffusion" in name:
+        encoder = getattr(pipe, "text_encoder", None)
+        width = getattr(getattr(encoder, "config", None), "hidden_size", 768)
+        return "sd2" if width == 1024 else "sd15"
+    return None
+
+
+class Generator:
+    """Loads the pipeline on first use (so the UI starts fast) and runs one generation at a time."""
+
+    def __init__(self, model_dir: Path, lora_dirs: Sequence[Path]) -> None:
+        self.model_dir = Path(model_dir)
+        self.lora_dirs = [Path(d) for d in lora_dirs]
+        self.pipe: Any = None
+        self.lock = threading.Lock()
+
+    def load(self) -> Any:
+        if self.pipe is None:
+            from diffusers import DiffusionPipeline
+
+            if not (self.model_dir / "model_index.json").is_file():
+                raise LoraError(f"'{self.model_dir}' is not a diffusers pipeline folder (no model_index.json); "
+                                "pass --model with a folder saved by save_pretrained.")
+            self.pipe = DiffusionPipeline.from_pretrained(self.model_dir)
+            self.pipe.set_progress_bar_config(disable=True)
+        return self.pipe
+
+    def architecture(self) -> str | None:
+        return architecture_of(self.pipe) if self.pipe is not None else None
+
+    def generate(self, prompt: str, negative: str, steps: int, seed: int, width: int, height: int,
+                 progress: Any = None) -> tuple[Any, str]:
+        """(image, status markdown) for one run; LoRA tags of ``prompt`` are applied by the engine."""
+        import torch
+
+        from lora_syntax.hosts.diffusers import activate
+        from lora_syntax.syntax import parse
+
+        with self.lock:
+            pipe = self.load()
+            steps = int(steps)
+            negative_clean = parse(negative or "", on_error="skip").prompt
+            started = time.perf_counter()
+            with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps) as run:
+                def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+                    tensors = run.callback(pipeline, step, timestep, tensors) if run.callback else tensors
+                    if progress is not None:
+                        progress((step + 1, steps), desc=f"step {step + 1}/{steps}")
+                    return tensors
+                result = pipe(run.prompt, negative_prompt=negative_clean or None, num_inference_steps=steps,
+                              width=int(width), height=int(height),
+                              generator=torch.Generator("cpu").manual_seed(int(seed)),
+                              callback_on_step_end=on_step,
+                              callback_on_step_end_tensor_inputs=list(run.callback_tensor_inputs or ["latents"]))
+                warnings = list(run.warnings)
+            seconds = time.perf_counter() - started
+        names = ", ".join(f"`{lora.name}`" for lora in run.plan.loras) or "none"
+        notes = "".join(f"\n- {w}" for w in warnings)
+        return result.images[0], f"Done in {seconds:.1f} s · LoRAs: {names}{notes}"
+
+
+def build_app(library: Any, generator: Generator | None, *, title: str = "lora-syntax") -> Any:
+    """The Gradio Blocks of the standalone app (not launched)."""
+    import gradio as gr
+
+    model_arch = generator.architecture if generator else (lambda: None)
+    networks = NetworksModel(library, model_architecture=model_arch)
+    with gr.Blocks(title=title, analytics_enabled=False) as blocks:
+        gr.Markdown("## lora-syntax")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="lora_syntax_prompt",
+                                    placeholder="a photo of a cat <lora:NAME:0.8>")
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="lora_syntax_negative")
+                with gr.Row():
+                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="lsx_steps")
+                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="lsx_seed")
+                    width = gr.Slider(64, 1024, value=512, step=64, label="Width", elem_id="lsx_width")
+                    height = gr.Slider(64, 1024, value=512, step=64, label="Height", elem_id="lsx_height")
+                with gr.Tabs():
+                    with gr.Tab("Plan"):
+                        plan_html = gr.HTML(plan_view("", 20)[0], elem_id="lsx_plan")
+                        plan_image = gr.Image(label="Schedule", type="pil", interactive=False,
+                                              elem_id="lsx_plan_plot")
+                    with gr.Tab("Networks", elem_id="lsx_networks_tab"):
+                        build_networks_tab(networks, blocks)
+            with gr.Column(scale=2):
+                go = gr.Button("Generate", variant="primary", elem_id="lsx_generate")
+                image = gr.Image(label="Image", type="pil", interactive=False, elem_id="lsx_image", height=420)
+                status = gr.Markdown("", elem_id="lsx_gen_status")
+
+        def update_plan(text: str, n: int) -> tuple[str, Any]:
+            return plan_view(text, n, model_arch())
+
+        for source in (prompt, steps):
+            source.change(update_plan, [prompt, steps], [plan_html, plan_image], show_progress="hidden")
+
+        def run_generation(p: str, n: str, s: int, sd: int, w: int, h: int,
+                           progress: Any = gr.Progress()) -> tuple[Any, str]:
+            if generator is None:
+                return None, "**Error:** no model loaded; start the app with `--model DIR`."
+            try:
+                return generator.generate(p, n, s, sd, w, h, progress)
+            except LoraError as error:
+                return None, f"**Error:** {error}"
+
+        go.click(run_generation, [prompt, negative, steps, seed, width, height], [image, status])
+    return blocks
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the app and serve until interrupted."""
+    from lora_syntax.library import LoraLibrary
+
+    model_dir, lora_dirs = args.model, args.lora_dirs
+    if model_dir is None or lora_dirs is None:
+        from lora_syntax import demo
+
+        model_dir = model_dir or demo.MODEL_DIR
+        lora_dirs = lora_dirs or [demo.LORA_DIR]
+    for folder in lora_dirs:
+        if not Path(folder).is_dir():
+            raise LoraError(f"LoRA folder '{folder}' does not exist; pass --lora-dir with an existing folder.")
+    blocks = build_app(LoraLibrary(lora_dirs), Generator(model_dir, lora_dirs))
+    blocks.queue()
+    blocks.launch(**compat.launch_kwargs(args.host, args.port))
+    print(f"lora-syntax UI on http://{args.host}:{args.port}/ (Ctrl+C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        blocks.close()

@@ -1,0 +1,45 @@
+"""The plan panel of the standalone app: the ``explain`` table and schedule plot of the current prompt.
+
+It runs on every keystroke, so it only parses and plans (no files are read); bad tags are shown
+with their column and the good ones are still planned. The table and plot are ``explain``'s own.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from .cards import esc
+
+
+def plan_plot(plan: Any) -> Any:
+    """``explain``'s schedule plot as a PIL image (None without tags)."""
+    from PIL import Image
+
+    from lora_syntax.commands.explain import draw_plot
+
+    if not plan.loras:
+        return None
+    buffer = io.BytesIO()
+    draw_plot(plan, buffer)  # Pillow's save() takes a file object as well as a path
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def plan_view(prompt: str, steps: int, architecture: str | None = None) -> tuple[str, Any]:
+    """(HTML: syntax errors with their column, warnings, the plan table; plot image or None)."""
+    from lora_syntax.commands.explain import table
+    from lora_syntax.errors import LoraError
+    from lora_syntax.plan import build_plan
+    from lora_syntax.syntax import parse
+
+    parsed = parse(prompt or "", on_error="skip")
+    parts = [f'<div class="lsx-plan-error">column {esc(error.column)}: {esc(error)}</div>' for error in parsed.errors]
+    try:
+        plan = build_plan(parsed, max(1, int(steps or 1)), architecture=architecture)
+    except (LoraError, ValueError) as error:
+        return "".join(parts) + f'<div class="lsx-plan-error">{esc(error)}</div>', None
+    if not parsed.errors:
+        parts.append(f'<div class="lsx-plan-ok">{len(plan.loras)} LoRA tag(s), no syntax errors</div>')
+    parts.append(f'<pre class="lsx-plan-table">{esc(table(plan))}</pre>')
+    return f'<div class="lsx-plan">{"".join(parts)}</div>', plan_plot(plan)
