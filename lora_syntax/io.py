@@ -147,3 +147,13 @@ def read_tensors(path: str | Path, keys: list[str]) -> dict[str, torch.Tensor]:
             return {key: handle.get_tensor(key) for key in keys}
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Only the ``__metadata__`` of a safetensors file: what a folder scan needs for aliases."""
+    path = check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .errors import LoraFileError, LoraNameError
-from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, SafetensorsHeader, pickle_error, read_header
+from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, pickle_error, read_metadata
 from .metadata import LoraInfo, read_info, sidecar
 
 GIB = 1024 ** 3
@@ -85,9 +85,10 @@ def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
         return sum(tensor_bytes(item, seen) for item in value)
     if isinstance(value, dict):
         return sum(tensor_bytes(item, seen) for item in value.values())
-    if dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
-        fields = vars(value) if hasattr(value, "__dict__") else {}
-        return sum(tensor_bytes(item, seen) for item in fields.values())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
+        return sum(tensor_bytes(getattr(value, f.name, None), seen) for f in dataclasses.fields(value))
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return sum(tensor_bytes(item, seen) for item in vars(value).values())
     return 0
 
 
@@ -151,6 +152,24 @@ class LoadCache:
             total -= dropped.nbytes
 
 
+# What a name is compared with, in order: relative path, stem, aliases (exactly, then case-folded).
+_RULES: tuple[Callable[[LoraEntry], tuple[str, ...]], ...] = (
+    lambda entry: (entry.name,), lambda entry: (entry.stem,), lambda entry: entry.aliases)
+
+
+def lookup_tables(entries: list[LoraEntry]) -> list[dict[str, list[LoraEntry]]]:
+    """One ``key -> entries`` table per (case, rule), in the order :meth:`LoraLibrary.resolve` tries them."""
+    tables = []
+    for fold in (False, True):
+        for rule in _RULES:
+            table: dict[str, list[LoraEntry]] = {}
+            for entry in entries:
+                for key in dict.fromkeys(rule(entry)):
+                    table.setdefault(key.casefold() if fold else key, []).append(entry)
+            tables.append(table)
+    return tables
+
+
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
@@ -164,7 +183,8 @@ class LoraLibrary:
         self.folders = tuple(Path(folder).expanduser().absolute() for folder in folders)
         self.cache = LoadCache(max_items=cache_items, max_bytes=cache_bytes)
         self._entries: list[LoraEntry] | None = None
-        self._headers: dict[tuple, SafetensorsHeader | None] = {}
+        self._tables: tuple[list[dict[str, list[LoraEntry]]], ...] = ([], [])
+        self._metadata_cache: dict[str, tuple[tuple[int, int], dict[str, str]]] = {}
         self._infos: dict[tuple, LoraInfo] = {}
         self._lock = threading.RLock()
 
@@ -174,6 +194,8 @@ class LoraLibrary:
         with self._lock:
             if self._entries is None or refresh:
                 self._entries = [entry for folder in self.folders for entry in self._scan(folder)]
+                self._tables = (lookup_tables([e for e in self._entries if e.refused is None]),
+                                lookup_tables([e for e in self._entries if e.refused]))
             return list(self._entries)
 
     def _scan(self, folder: Path) -> list[LoraEntry]:
@@ -205,57 +227,51 @@ class LoraLibrary:
         elif path.suffix.lower() in PICKLE_SUFFIXES:
             refused = str(pickle_error(path, f"is a {path.suffix} pickle checkpoint"))
         else:
-            header = self._header(path, stat)
-            aliases = tuple(dict.fromkeys(
-                header.metadata[key].strip() for key in ALIAS_KEYS
-                if header is not None and isinstance(header.metadata.get(key), str) and header.metadata[key].strip()))
+            metadata = self._metadata(path, stat)
+            aliases = tuple(dict.fromkeys(metadata[key].strip() for key in ALIAS_KEYS
+                                          if isinstance(metadata.get(key), str) and metadata[key].strip()))
         return LoraEntry(name, path, folder, aliases, stat.st_size, stat.st_mtime, stat.st_mtime_ns, refused)
 
-    def _header(self, path: Path, stat: os.stat_result) -> SafetensorsHeader | None:
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        if key not in self._headers:
-            for stale in [k for k in self._headers if k[0] == key[0]]:
-                del self._headers[stale]  # the file changed since the last scan
+    def _metadata(self, path: Path, stat: os.stat_result) -> dict[str, str]:
+        """The file's metadata, re-read only when its size or modification time changed."""
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._metadata_cache.get(str(path))
+        if cached is None or cached[0] != stamp:
             try:
-                self._headers[key] = read_header(path)
+                metadata = read_metadata(path)
             except LoraFileError:
-                self._headers[key] = None  # listed; loading it reports the problem
-        return self._headers[key]
+                metadata = {}  # listed; loading it reports the problem
+            cached = self._metadata_cache[str(path)] = (stamp, metadata)
+        return cached[1]
 
     # -- resolving ----------------------------------------------------------------------------
     def resolve(self, name: str) -> LoraEntry:
         """The entry a tag name means; rescans once before giving up, so new files are found."""
         wanted = check_name(name)
         for refresh in (False, True):
-            entries = self.entries(refresh=refresh)
-            usable = [entry for entry in entries if entry.refused is None]
+            self.entries(refresh=refresh)
+            usable, unusable = self._tables
             entry = self._match(name, wanted, usable)
             if entry is not None:
                 return entry
-            refused = self._match(name, wanted, [entry for entry in entries if entry.refused])
+            refused = self._match(name, wanted, unusable)
             if refused is not None:
                 raise LoraFileError(refused.refused or "", path=refused.path)
         raise self._unknown(name, wanted, self.entries())
 
-    def _match(self, name: str, wanted: str, entries: list[LoraEntry]) -> LoraEntry | None:
-        rules: tuple[Callable[[LoraEntry], tuple[str, ...]], ...] = (
-            lambda entry: (entry.name,), lambda entry: (entry.stem,), lambda entry: entry.aliases)
-        for fold in (False, True):
-            target = wanted.casefold() if fold else wanted
-            for rule in rules:
-                hits: dict[str, LoraEntry] = {}
-                for entry in entries:
-                    keys = rule(entry)
-                    if target in ([key.casefold() for key in keys] if fold else keys):
-                        hits.setdefault(entry.name, entry)  # same relative path in a later folder: shadowed
-                if len(hits) == 1:
-                    return next(iter(hits.values()))
-                if len(hits) > 1:
-                    candidates = tuple(sorted(hits))
-                    raise LoraNameError(
-                        f"LoRA name {name!r} is ambiguous: it matches {len(candidates)} files: "
-                        + ", ".join(repr(c) for c in candidates) + ". Write one of these in the tag instead.",
-                        name=name, candidates=candidates)
+    @staticmethod
+    def _match(name: str, wanted: str, tables: list[dict[str, list[LoraEntry]]]) -> LoraEntry | None:
+        for number, table in enumerate(tables):
+            found = table.get(wanted.casefold() if number >= len(_RULES) else wanted, [])
+            hits = {entry.name: entry for entry in reversed(found)}  # a later folder's same path is shadowed
+            if len(hits) == 1:
+                return next(iter(hits.values()))
+            if len(hits) > 1:
+                candidates = tuple(sorted(hits))
+                raise LoraNameError(
+                    f"LoRA name {name!r} is ambiguous: it matches {len(candidates)} files: "
+                    + ", ".join(repr(c) for c in candidates) + ". Write one of these in the tag instead.",
+                    name=name, candidates=candidates)
         return None
 
     def _unknown(self, name: str, wanted: str, entries: list[LoraEntry]) -> LoraNameError:

@@ -249,8 +249,8 @@ def guess_alpha(path: Path, header: SafetensorsHeader) -> float | None:
     if not keys:
         return None
     try:
-        values = Counter(round(float(t.float().reshape(-1)[0]), 6) for t in read_tensors(path, keys).values()
-                         if t.numel())
+        found = (_float(t.float().reshape(-1)[0]) for t in read_tensors(path, keys).values() if t.numel())
+        values = Counter(round(value, 6) for value in found if value is not None)
     except LoraFileError:
         return None
     return values.most_common(1)[0][0] if values else None
@@ -270,8 +270,6 @@ def guess_trainer(metadata: Mapping[str, str]) -> str | None:
         return "kohya-ss/sd-scripts"
     if "ot_branch" in metadata or "ot_revision" in metadata:
         return "OneTrainer"
-    if "modelspec.implementation" in metadata and "modelspec.author" in metadata:
-        return metadata["modelspec.author"]
     return None
 
 
@@ -329,7 +327,8 @@ def trigger_words(path: Path, header: SafetensorsHeader, user: Mapping[str, Any]
 
 def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
               thumbnail_dir: Path | None = None) -> LoraInfo:
-    """Everything :class:`LoraInfo` holds for one safetensors file (header read only, tensors not loaded)."""
+    """Everything :class:`LoraInfo` holds for one safetensors file: its header, its sidecars and its
+    ``alpha`` scalars; no weight tensor is loaded."""
     path = Path(path)
     header = header or read_header(path)
     user = read_json_sidecar(sidecar(path, ".json"))

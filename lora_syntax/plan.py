@@ -16,6 +16,7 @@ from operator import add
 from typing import Union
 
 from . import blocks
+from .errors import LoraSyntaxError
 from .schedule import change_steps, resolve
 from .syntax.model import BlockWeights, LoraTag, ParsedPrompt, Schedule
 from .syntax.parser import parse
@@ -138,11 +139,23 @@ class LoraPlan:
             return (0.0,) * self.steps
         if _is_text_encoder(component):
             return _scaled(self.group_weights["te"], self.block_multipliers.get("BASE", 1.0))
-        if block is None:
+        group = _group_of(block)
+        if group is None:
             return self.group_weights["unet"]
-        group = blocks.block_group(block)
-        vector = self.group_weights["unet" if group == "te" else group]
+        vector = self.group_weights[group]
         return _scaled(vector, self.block_multipliers.get(block, 1.0))
+
+
+@lru_cache(maxsize=512)
+def _group_of(block: str | None) -> str | None:
+    """in/mid/out of a denoiser block; None (the whole-``unet`` weight) for None, BASE or an unknown id."""
+    if block is None:
+        return None
+    try:
+        group = blocks.block_group(block)
+    except ValueError:  # a key map with ids this version does not know: use the unet weight, never crash
+        return None
+    return None if group == "te" else group
 
 
 def _canonical(component: str) -> str:
@@ -224,6 +237,7 @@ class Plan:
     change_points: tuple[int, ...]
     warnings: tuple[str, ...] = ()
     architecture: str | None = None
+    errors: tuple[LoraSyntaxError, ...] = ()  # bad tags skipped by parse(..., on_error="skip")
 
 
 def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[float, int]:
@@ -243,14 +257,17 @@ def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[fl
 
 
 def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int) -> list[str]:
-    warnings = []
+    """One warning naming every block group whose summed |weight| passes :data:`STACK_WARN_LEVEL`."""
+    over = []
     for group in GROUPS:
         peak, step = _group_peak(loras, group, steps)
         if peak > STACK_WARN_LEVEL:
-            where = "text encoders" if group == "te" else f"denoiser '{group}' blocks"
-            warnings.append(f"total LoRA strength on the {where} reaches {peak:.2f} at step {step}, above "
-                            f"{STACK_WARN_LEVEL}: stacked LoRAs compound artefacts; lower some weights")
-    return warnings
+            where = "text encoders" if group == "te" else f"denoiser {group} blocks"
+            over.append(f"{where} {peak:.2f} at step {step}")
+    if not over:
+        return []
+    return [f"total LoRA strength above {STACK_WARN_LEVEL}: {'; '.join(over)}. Stacked LoRAs compound "
+            f"each other's artefacts: lower some weights"]
 
 
 def _duplicate_warnings(loras: tuple[LoraPlan, ...]) -> list[str]:
@@ -283,4 +300,4 @@ def build_plan(parsed_or_prompt: ParsedOrPrompt, steps: int, *, architecture: st
     result = tuple(loras)
     warnings += _duplicate_warnings(result) + _stack_warnings(result, steps)
     points = sorted(set().union(*(lora.change_points for lora in result)))
-    return Plan(parsed.prompt, steps, result, tuple(points), tuple(warnings), architecture)
+    return Plan(parsed.prompt, steps, result, tuple(points), tuple(warnings), architecture, parsed.errors)

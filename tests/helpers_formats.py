@@ -54,6 +54,8 @@ def kohya_state_dict(pipe, arch: str, *, rank: int = 4, alpha: float = 2.0, conv
             module = component.get_submodule(name)
             down, up = factors(module, rank, gen)
             shown = ldm_name(name, prefixes) if (sgm_names and component is pipe.unet) else name
+            if component is not pipe.unet and not shown.startswith("text_model."):
+                shown = "text_model." + shown  # real kohya files spell CLIP modules as transformers 4 did
             key = prefix + shown.replace(".", "_")
             sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
             sd[f"{key}.alpha"] = torch.tensor(alpha)

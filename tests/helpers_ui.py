@@ -66,3 +66,68 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def fake_host_modules(lora_dir: Path, architecture_flag: str = "is_sd1") -> dict:
+    """Stand-ins for an A1111 host's ``modules`` package: ``script_callbacks`` records ``on_ui_tabs``
+    callbacks, ``shared`` names the LoRA folder and the loaded model's family."""
+    import types
+
+    callbacks: list = []
+    script_callbacks = types.ModuleType("modules.script_callbacks")
+    script_callbacks.on_ui_tabs = callbacks.append
+    script_callbacks.registered = callbacks
+    shared = types.ModuleType("modules.shared")
+    shared.cmd_opts = types.SimpleNamespace(lora_dir=str(lora_dir))
+    shared.sd_model = types.SimpleNamespace(**{architecture_flag: True})
+    package = types.ModuleType("modules")
+    package.script_callbacks, package.shared = script_callbacks, shared
+    return {"modules": package, "modules.script_callbacks": script_callbacks, "modules.shared": shared}
+
+
+def load_host_script():
+    """Import ``scripts/lora_syntax_script.py`` the way a host does: from its file, by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "lora_syntax_script.py"
+    spec = importlib.util.spec_from_file_location("lora_syntax_script_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve_fake_host(lora_dir: Path, port: int) -> None:
+    """Serve an A1111-like page (txt2img prompt boxes + the tabs extensions add) until killed.
+
+    Run as ``python tests/helpers_ui.py LORA_DIR PORT``, with whichever Gradio that interpreter has.
+    """
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.modules.update(fake_host_modules(lora_dir))
+    import gradio as gr
+
+    script = load_host_script()
+    tabs = [tab for callback in sys.modules["modules.script_callbacks"].registered for tab in callback()]
+    with gr.Blocks(analytics_enabled=False) as page:
+        with gr.Tabs():
+            with gr.Tab("txt2img"):
+                gr.Textbox(label="Prompt", elem_id="txt2img_prompt", lines=3, interactive=True)
+                gr.Textbox(label="Negative prompt", elem_id="txt2img_neg_prompt", lines=2, interactive=True)
+            for blocks, title, tab_id in tabs:
+                with gr.Tab(title, id=tab_id):
+                    blocks.render()
+    page.queue()
+    from ui import compat
+
+    page.launch(**compat.launch_kwargs("127.0.0.1", port))
+    print(f"READY gradio {gr.__version__} {script.TAB_TITLE}", flush=True)
+    while True:
+        time.sleep(60)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_fake_host(Path(sys.argv[1]), int(sys.argv[2]))

@@ -149,7 +149,8 @@ def test_norm_changes_the_affine_parameters():
     w_norm, b_norm, x = rnd(OUT, seed=1), rnd(OUT, seed=2), rnd(3, OUT, seed=3)
     norm = torch.nn.LayerNorm(OUT)
     adapter = build_adapter({"w_norm": w_norm, "b_norm": b_norm}, where="t")
-    out = F.layer_norm(x, (OUT,), adapter.patched(norm.weight.detach(), 0.5), norm.bias.detach() + 0.5 * adapter.bias_delta())
+    weight, bias = adapter.patched(norm.weight.detach(), 0.5), norm.bias.detach() + 0.5 * adapter.bias_delta()
+    out = F.layer_norm(x, (OUT,), weight, bias)
     expected = F.layer_norm(x, (OUT,), norm.weight.detach() + 0.5 * w_norm, norm.bias.detach() + 0.5 * b_norm)
     close(out, expected)
 

@@ -109,7 +109,8 @@ def test_loha_matches_lycoris_functional(dtype, layout):
     if t1 is not None:
         params |= {"hada_t1": t1, "hada_t2": t2}
     ours = build_adapter(params, where="t").delta(torch.zeros(OUT, IN, *kernel))
-    fn = lambda w1d, w1u, w2d, w2u, t1, t2: f_loha.diff_weight(w1d, w1u, w2d, w2u, t1, t2, gamma=4.0 / RANK)  # noqa: E731
+    def fn(w1d, w1u, w2d, w2u, t1, t2):
+        return f_loha.diff_weight(w1d, w1u, w2d, w2u, t1, t2, gamma=4.0 / RANK)
     exact, lowp = both(fn, {"w1d": t["w1b"], "w1u": t["w1a"], "w2d": t["w2b"], "w2u": t["w2a"],
                             "t1": t1, "t2": t2}, dtype)
     assert_matches(ours, exact, lowp, dtype)

@@ -184,7 +184,8 @@ def test_low_precision_factors_give_fp32_deltas_and_to_keeps_dtype():
 
 @pytest.mark.parametrize("params", [
     {"lora_up.weight": rnd(OUT, 4), "lora_down.weight": rnd(RANK, IN)},
-    {"lora_up.weight": rnd(OUT, RANK, 1, 1), "lora_down.weight": rnd(RANK, IN, 1, 1), "lora_mid.weight": rnd(2, 2, K, K)},
+    {"lora_up.weight": rnd(OUT, RANK, 1, 1), "lora_down.weight": rnd(RANK, IN, 1, 1),
+     "lora_mid.weight": rnd(2, 2, K, K)},
     {"hada_w1_a": rnd(OUT, RANK), "hada_w1_b": rnd(RANK, IN), "hada_w2_a": rnd(OUT, 2), "hada_w2_b": rnd(RANK, IN)},
     {"lokr_w1": rnd(3, 2), "lokr_w2_a": rnd(4, 2), "lokr_w2_b": rnd(3, 3)},
     {"a1.weight": rnd(IN, RANK), "a2.weight": rnd(2, IN), "b1.weight": rnd(OUT, RANK), "b2.weight": rnd(RANK, IN)},
@@ -192,3 +193,14 @@ def test_low_precision_factors_give_fp32_deltas_and_to_keeps_dtype():
 def test_factors_that_do_not_multiply_are_a_shape_error_naming_the_module(params):
     with pytest.raises(LoraShapeError, match=r"^unet\.up\.0: .*do not fit each other"):
         build_adapter(params, where="unet.up.0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_deltas_follow_the_weight_device(name):
+    params, shape, _, _ = CASES[name]
+    adapter = build_adapter(params, where="t")          # factors stay on the CPU
+    weight = rnd(*shape, seed=13)
+    on_gpu = adapter.delta(weight.cuda())
+    assert on_gpu.is_cuda
+    close(on_gpu.cpu(), adapter.delta(weight))

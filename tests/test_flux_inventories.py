@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_syntax.errors import ArchitectureMismatchError
 from lora_syntax.formats import pick_dialect
+from lora_syntax.loader import load_lora
 from lora_syntax.keymaps.detect import detect_architecture
 from lora_syntax.keymaps.reference import reference_tree
 from tests.helpers_flux import (EXPECTED_DIALECT, FLUX_INVENTORIES, by_source, delta_shape, lokr_fitting,
@@ -27,8 +29,14 @@ def flux_tree():
 
 
 def _grouped(path, flux_tree):
+    """The file through the project's loader (adapters built, shapes checked on meta), then grouped again
+    for the factor-level checks."""
+    loaded = load_lora(path, flux_tree)
+    assert (loaded.architecture, loaded.unmatched) == ("flux", ())
     state_dict = load_file(str(path))
     dialect = pick_dialect(state_dict.keys(), name=path.name)
+    assert loaded.format == dialect.name
+    assert len(loaded.patches) == len(dialect.group(state_dict, flux_tree).modules)
     return state_dict, dialect, dialect.group(state_dict, flux_tree)
 
 
@@ -101,3 +109,16 @@ def test_fused_modules_split_onto_every_diffusers_target(shared_fixtures, flux_t
     single = sorted(g.target.module for g in groups if g.target.module.startswith("single_transformer_blocks.5."))
     if "xlabs" not in name:
         assert "single_transformer_blocks.5.proj_mlp" in single
+
+
+@pytest.mark.parametrize("other", ["sdxl", "sd15"])
+@pytest.mark.parametrize("name", ["flux_lora_kohya_with_te1_format", "flux_lora_xlabs_format",
+                                  "flux_dora_onetrainer_format", "flux_lora_diffusers_format"])
+def test_flux_lora_is_refused_by_other_architectures(shared_fixtures, name, other):
+    shapes = read_inventory(shared_fixtures, name)
+    meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        load_lora(meta, reference_tree(other), name=name)
+    shown = {"sdxl": "SDXL", "sd15": "SD1.5"}[other]
+    assert "FLUX.1" in str(caught.value) and shown in str(caught.value)
+    assert (caught.value.lora_architecture, caught.value.model_architecture) == ("flux", other)

@@ -81,18 +81,15 @@ def peft_flux_lora(tree, rank: int = RANK, seed: int = 2) -> dict[str, torch.Ten
 def _fused_by_diffusers(pipe, state_dict):
     """diffusers converts (``FluxPipeline.lora_state_dict``), loads and fuses the LoRA.
 
-    Between its two steps two gaps of diffusers 0.42 are bridged, else it silently drops the keys:
-    kohya's embedder/final-layer keys come out without the ``transformer.`` prefix, and CLIP keys keep
-    transformers 4's ``text_model.`` level that transformers 5's ``CLIPTextModel`` no longer has."""
+    diffusers 0.42 converts kohya's embedder/final-layer keys without the ``transformer.`` prefix and
+    its loader then drops them silently; the prefix is restored between its two steps."""
     from diffusers import FluxPipeline
 
     converted = FluxPipeline.lora_state_dict({k: v.clone() for k, v in state_dict.items()})
     converted = {k if k.startswith(("transformer.", "text_encoder.")) else f"transformer.{k}": v
                  for k, v in converted.items()}
-    if not any(name.startswith("text_model.") for name, _ in pipe.text_encoder.named_modules()):
-        converted = {k.replace("text_encoder.text_model.", "text_encoder.", 1): v for k, v in converted.items()}
     pipe.load_lora_weights(converted, adapter_name="oracle")
-    pipe.fuse_lora(lora_scale=1.0)
+    pipe.fuse_lora(components=["transformer", "text_encoder"], lora_scale=1.0)
     pipe.unload_lora_weights()
 
 

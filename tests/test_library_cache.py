@@ -147,3 +147,14 @@ def test_real_loader_through_the_library(shared_fixtures: Path) -> None:
     assert 0.5 * loaded.path.stat().st_size < library.cache.nbytes < 4 * loaded.path.stat().st_size
     with pytest.raises(LoraFileError, match="cloneofsimo"):
         library.load("sd15_cloneofsimo_legacy_rank4", model)
+
+
+def test_tensor_bytes_sees_slotted_dataclasses() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Slotted:
+        up: torch.Tensor
+        down: torch.Tensor
+
+    assert tensor_bytes([Slotted(torch.zeros(3), torch.zeros(5, dtype=torch.float64))]) == 3 * 4 + 5 * 8

@@ -176,11 +176,15 @@ def test_warnings_duplicate_name_and_stack_level() -> None:
     assert any("is used by 2 tags" in w for w in plan.warnings)
     assert not build_plan("<lora:a:0.7> <lora:b:0.7>", 10).warnings
     plan = build_plan("<lora:a:0.8> <lora:b:0.8>", 10)
-    assert any(f"reaches 1.60 at step 1, above {STACK_WARN_LEVEL}" in w for w in plan.warnings)
+    assert any(f"above {STACK_WARN_LEVEL}: text encoders 1.60 at step 1; denoiser in blocks 1.60 at step 1" in w
+               for w in plan.warnings)
     plan = build_plan("<lora:a:1> <lora:b:te=0:unet=0.9@7>", 10)
-    assert [w for w in plan.warnings if "step 7" in w] and not [w for w in plan.warnings if "text" in w]
+    assert plan.warnings == (f"total LoRA strength above {STACK_WARN_LEVEL}: denoiser in blocks 1.90 at step 7; "
+                             "denoiser mid blocks 1.90 at step 7; denoiser out blocks 1.90 at step 7. Stacked "
+                             "LoRAs compound each other's artefacts: lower some weights",)
     plan = build_plan("<lora:a:1:lbw=OUTS> <lora:b:1:lbw=INS>", 10, architecture="sd15")
-    assert [w for w in plan.warnings if "text encoders" in w] and not [w for w in plan.warnings if "denoiser" in w]
+    assert len(plan.warnings) == 1 and "text encoders 2.00" in plan.warnings[0]
+    assert "denoiser" not in plan.warnings[0]
 
 
 def test_weight_lookup_is_cached_and_checks_the_step() -> None:
@@ -208,3 +212,16 @@ def test_block_groups_and_lbw_forms() -> None:
                                          "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05")
     with pytest.raises(ValueError):
         blocks.block_group("XX1")
+
+
+def test_unknown_block_id_falls_back_to_the_unet_weight() -> None:
+    p = lora("<lora:x:0.5:in=0.2>", 3)
+    assert p.weights("unet", "NOT_A_BLOCK") == (0.5, 0.5, 0.5)
+    assert p.weights("unet", "BASE") == (0.5, 0.5, 0.5)
+
+
+def test_plans_of_equal_tags_share_their_weight_cache() -> None:
+    a = build_plan("x <lora:shared:te=0.2@3>", 9).loras[0]
+    b = build_plan("y, <lora:shared:te=0.2@3> z", 9).loras[0]
+    assert a == b and a.tag.span != b.tag.span
+    assert a.weights("unet", "OUT02") is b.weights("unet", "OUT02")

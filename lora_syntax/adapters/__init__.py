@@ -18,6 +18,7 @@ from .registry import ADAPTER_TYPES, build_adapter, sliced
 from .rowslice import RowSlice
 
 __all__ = [
-    "ADAPTER_TYPES", "Adapter", "BoftAdapter", "DoraAdapter", "FullAdapter", "GloraAdapter", "Ia3Adapter", "LohaAdapter",
+    "ADAPTER_TYPES", "Adapter", "BoftAdapter", "DoraAdapter", "FullAdapter", "GloraAdapter", "Ia3Adapter",
+    "LohaAdapter",
     "LokrAdapter", "LoraAdapter", "NormAdapter", "OftAdapter", "RowSlice", "build_adapter", "sliced",
 ]

@@ -22,6 +22,7 @@ class Adapter(ABC):
 
     kind: ClassVar[str]            # "lora", "loha", "lokr", "full", "ia3", "norm", "glora", "oft", "dora"...
     additive: ClassVar[bool] = True
+    param_names: ClassVar[frozenset[str]]  # every normalised parameter name this type may read
 
     @classmethod
     @abstractmethod

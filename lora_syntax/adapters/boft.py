@@ -26,7 +26,8 @@ def butterfly_permutation(rows: int, stage: int, block: int, device: torch.devic
     return torch.arange(rows, device=device).reshape(-1, 2, k).transpose(1, 2).flatten()
 
 
-def boft_patched(weight: torch.Tensor, r: torch.Tensor, rescale: torch.Tensor | None, multiplier: float) -> torch.Tensor:
+def boft_patched(weight: torch.Tensor, r: torch.Tensor, rescale: torch.Tensor | None,
+                 multiplier: float) -> torch.Tensor:
     """fp32 weight after the butterfly stages ``r`` (stages, blocks, b, b) at ``multiplier``."""
     out = weight.float()
     stages, blocks, size, _ = r.shape

@@ -60,7 +60,8 @@ class LohaAdapter(ShapesRepr, Adapter):
             require(params, ("hada_t1", "hada_t2"), "LoHa (Tucker)")
         t1, t2 = params.get("hada_t1"), params.get("hada_t2")
         if t1 is None:
-            check_inner("LoHa", ("hada_w1_a", w1_a, 1, "hada_w1_b", w1_b, 0), ("hada_w2_a", w2_a, 1, "hada_w2_b", w2_b, 0))
+            check_inner("LoHa", ("hada_w1_a", w1_a, 1, "hada_w1_b", w1_b, 0),
+                        ("hada_w2_a", w2_a, 1, "hada_w2_b", w2_b, 0))
         else:
             check_inner("LoHa", ("hada_w1_a", w1_a, 0, "hada_t1", t1, 0), ("hada_t1", t1, 1, "hada_w1_b", w1_b, 0),
                         ("hada_w2_a", w2_a, 0, "hada_t2", t2, 0), ("hada_t2", t2, 1, "hada_w2_b", w2_b, 0))

@@ -1,9 +1,9 @@
 """LoKr (LyCORIS ``lokr``): a Kronecker product whose factors may themselves be low-rank.
 
     ΔW = scale · w1 ⊗ w2
-    w1 = lokr_w1                         or  lokr_w1_a @ lokr_w1_b
-    w2 = lokr_w2                         or  lokr_w2_a @ lokr_w2_b      (conv: w2_b (r, in₂, kh, kw))
-                                         or  t2 ×₀ w2_aᵀ ×₁ w2_b        (Tucker: t2 (r, r, kh, kw), w2_a (r, out₂))
+    w1 = lokr_w1   or  lokr_w1_a @ lokr_w1_b
+    w2 = lokr_w2   or  lokr_w2_a @ lokr_w2_b     (conv: w2_b (r, in₂[, kh, kw]))
+                   or  t2 ×₀ w2_aᵀ ×₁ w2_b       (Tucker: t2 (r, r, kh, kw), w2_a (r, out₂), w2_b (r, in₂))
     scale = alpha / r   only when a factor is decomposed (r = that factor's ``_b`` first dimension,
             ComfyUI's reading); both factors full, or no ``alpha``: scale = 1 (LyCORIS ignores alpha then).
 """

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from ..blocks import ARCHITECTURES
 from ..errors import LoraSyntaxError
-from ..plan import DENOISERS, LoraPlan, Plan, build_plan
+from ..plan import DENOISERS, TEXT_ENCODERS, LoraPlan, Plan, build_plan
 from ..syntax import format_schedule, parse
 
 HELP = "Show each LoRA's weight per component and block group over the sampling steps."
@@ -31,7 +33,8 @@ def series(lora: LoraPlan) -> dict[str, tuple[float, ...]]:
     A group's lbw multiplier is applied when all its blocks share one; otherwise the curve is the
     group weight before lbw and the block multipliers say the rest.
     """
-    out: dict[str, tuple[float, ...]] = {"te": lora.weights("text_encoder", None)}
+    encoder = next((c for c in TEXT_ENCODERS if lora.modules is None or c in lora.modules), TEXT_ENCODERS[0])
+    out: dict[str, tuple[float, ...]] = {"te": lora.weights(encoder, None)}
     denoiser_on = lora.modules is None or bool(lora.modules & set(DENOISERS))
     for group in ("in", "mid", "out"):
         factor = lora.group_multiplier(group)
@@ -149,21 +152,25 @@ _SIZE, _MARGIN = (900, 520), (70, 30, 250, 60)  # width, height; left, top, righ
 
 
 def _curves(plan: Plan) -> list[tuple[str, tuple[float, ...], tuple[int, int, int], bool, str | None]]:
-    """(label, values, colour, dashed, marker): te dashed; in/mid/out merged into one 'unet' line when equal.
-
-    Separate in/mid/out lines of one LoRA share its colour and differ by their marker (circle, square,
-    diamond) at every step.
+    """(label, values, colour, dashed, marker): te dashed; in/mid/out merged into one 'unet' line when
+    equal, and te folded into it when equal too. Separate in/mid/out lines of one LoRA share its colour
+    and differ by their marker (circle, square, diamond).
     """
     curves = []
+    names = [lora.name for lora in plan.loras]
     for index, lora in enumerate(plan.loras):
         colour = _PALETTE[index % len(_PALETTE)]
+        label = lora.name if names.count(lora.name) == 1 else f"{lora.name} #{names[:index + 1].count(lora.name)}"
         lines = series(lora)
-        curves.append((f"{lora.name} te", lines["te"], colour, True, None))
         groups = [lines[f"unet.{g}"] for g in ("in", "mid", "out")]
+        if groups[0] == groups[1] == groups[2] == lines["te"]:
+            curves.append((f"{label} te+unet", groups[0], colour, False, None))
+            continue
+        curves.append((f"{label} te", lines["te"], colour, True, None))
         if groups[0] == groups[1] == groups[2]:
-            curves.append((f"{lora.name} unet", groups[0], colour, False, None))
+            curves.append((f"{label} unet", groups[0], colour, False, None))
         else:
-            curves += [(f"{lora.name} unet.{g}", v, colour, False, _MARKERS[g])
+            curves += [(f"{label} unet.{g}", v, colour, False, _MARKERS[g])
                        for g, v in zip(("in", "mid", "out"), groups)]
     return curves
 
@@ -192,6 +199,15 @@ def _marker(draw, point: tuple[float, float], shape: str, colour, r: float = 3.5
                      fill="white")
 
 
+def _ticks(low: float, high: float) -> list[float]:
+    """Round tick values (multiples of 1, 2, 2.5 or 5 x 10^k) inside [low, high], about five of them."""
+    raw = (high - low) / 5
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step)
+    return [round(k * step, 10) for k in range(first, math.floor(high / step) + 1)]
+
+
 def _font(size: int):
     from PIL import ImageFont
     try:
@@ -200,7 +216,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def draw_plot(plan: Plan, path: Path) -> None:
+def draw_plot(plan: Plan, path: "Path | BinaryIO") -> None:
     """One line per LoRA and component over the steps, with axes, tick labels and a legend."""
     from PIL import Image, ImageDraw
     width, height = _SIZE
@@ -213,19 +229,18 @@ def draw_plot(plan: Plan, path: Path) -> None:
     pad = (high - low) * 0.05 or 0.1
     low, high = low - pad, high + pad
     x0, x1, y0, y1 = left, width - right, height - bottom, top
-    span = max(plan.steps - 1, 1)
+    span = plan.steps  # the x axis runs from step 1 to the end of step N: each step is one unit wide
 
-    def xy(step: int, value: float) -> tuple[float, float]:
+    def xy(step: float, value: float) -> tuple[float, float]:
         return x0 + (x1 - x0) * (step - 1) / span, y0 + (y1 - y0) * (value - low) / (high - low)
 
-    for k in range(6):  # horizontal grid and weight ticks
-        value = low + (high - low) * k / 5
+    for value in _ticks(low, high):  # horizontal grid and weight ticks
         _, y = xy(1, value)
         draw.line([(x0, y), (x1, y)], fill=(225, 225, 225))
         draw.text((x0 - 8, y), _num(round(value, 3)), fill="black", font=font, anchor="rm")
     every = max(1, round(plan.steps / 10))
     for step in sorted({1, plan.steps, *range(every, plan.steps + 1, every)}):
-        x, _ = xy(step, low)
+        x, _ = xy(step + 0.5, low)  # the label sits in the middle of its step
         draw.line([(x, y0), (x, y0 + 5)], fill="black")
         draw.text((x, y0 + 8), str(step), fill="black", font=font, anchor="mt")
     draw.line([(x0, y0), (x1, y0)], fill="black", width=1)
@@ -235,13 +250,15 @@ def draw_plot(plan: Plan, path: Path) -> None:
     zero = xy(1, 0.0)[1]
     draw.line([(x0, zero), (x1, zero)], fill=(160, 160, 160))
     for index, (label, vector, colour, dashed, shape) in enumerate(curves):
-        points = [xy(step, value) for step, value in enumerate(vector, start=1)]
+        # a weight holds for a whole step: draw a staircase, markers at the middle of each step
+        points = [xy(step + edge, value) for step, value in enumerate(vector, start=1) for edge in (0, 1)]
         if dashed:
             _dashed(draw, points, colour)
         else:
             draw.line(points, fill=colour, width=2)
         if shape:
-            for point in points if len(points) <= 60 else points[::len(points) // 30]:
+            middles = [xy(step + 0.5, value) for step, value in enumerate(vector, start=1)]
+            for point in middles if len(middles) <= 60 else middles[::len(middles) // 30]:
                 _marker(draw, point, shape, colour)
         ly = top + 10 + index * 18  # legend entry
         if ly < height - 10:

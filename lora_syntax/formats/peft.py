@@ -20,6 +20,7 @@ from collections.abc import Collection, Mapping
 
 import torch
 
+from ..keymaps.kohya import text_model_alias
 from ..keymaps.tree import ModelTree
 from .base import Grouped, ModuleParams
 from .common import build_grouped, find_component, split_suffix
@@ -57,12 +58,15 @@ def parse_key(key: str) -> tuple[str | None, str, str] | None:
 def place(tree: ModelTree, component: str | None, path: str) -> tuple[str, str] | None:
     """The tree's ``(component, module)`` for a parsed key; ``None`` when the model has no such module."""
     if component is None:
-        component = find_component(tree, path)
+        component = find_component(tree, path) or find_component(tree, text_model_alias(path))
+        if component is None:
+            return None
     elif component == "unet" and "unet" not in tree.modules:
         component = tree.denoiser
-    if component is None or path not in tree.modules.get(component, {}):
-        return None
-    return component, path
+    modules = tree.modules.get(component, {})
+    if path not in modules and component.startswith("text_encoder"):
+        path = text_model_alias(path)  # transformers 4 vs 5 CLIP module names
+    return (component, path) if path in modules else None
 
 
 class PeftDialect:

@@ -59,12 +59,18 @@ def _ldm_aliases(tree: ModelTree, component: str) -> Iterator[tuple[str, tuple[P
 
 
 def _text_model_aliases(tree: ModelTree, component: str) -> Iterator[tuple[str, tuple[Placement, ...]]]:
-    """CLIP module paths without the leading ``text_model.`` (``lora_te1_encoder_layers_0_...``)."""
+    """CLIP paths with and without the leading ``text_model.``: transformers 4 names CLIPTextModel's modules
+    ``text_model.encoder...`` (as kohya files do), transformers 5 ``encoder...``."""
     if not component.startswith("text_encoder"):
         return
     for module in tree.modules[component]:
-        if module.startswith("text_model."):
-            yield module[len("text_model."):], (Placement(component, module),)
+        yield text_model_alias(module), (Placement(component, module),)
+
+
+def text_model_alias(module: str) -> str:
+    """The other spelling of a CLIP module path (``text_model.`` added or removed)."""
+    prefix = "text_model."
+    return module[len(prefix):] if module.startswith(prefix) else prefix + module
 
 
 def _lazy(target: str) -> AliasSource:

@@ -73,10 +73,15 @@ def _keyframe(item: RawItem, what: str) -> Keyframe:
 
 
 def _check_order(frames: list[Keyframe], items: tuple[RawItem, ...], what: str) -> None:
-    for (a, b), item in zip(zip(frames, frames[1:]), items[1:]):
-        if a.unit == b.unit and a.at is not None and b.at is not None and b.at <= a.at:
+    """Keyframes of one unit (steps, fractions, percentages) must go forward."""
+    last: dict[str, float] = {}
+    for frame, item in zip(frames, items):
+        if frame.at is None:
+            continue
+        if frame.unit in last and frame.at <= last[frame.unit]:
             raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '@{item.at}' does not "
                              f"come after the previous one", item.at_pos, "bad schedule")
+        last[frame.unit] = frame.at
 
 
 def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
@@ -177,7 +182,7 @@ def _positional(arg: RawArg, index: int, fields: dict[str, object], seen: dict[s
     slots = ("strength", "unet", "dyn")
     if index >= len(slots):
         raise TagProblem("too many positional values: the form is <lora:NAME:TE:UNET:DYN>; name the others "
-                         "(te=, unet=, dyn=)", arg.pos, "duplicate key")
+                         "(te=, unet=, dyn=)", arg.pos, "too many values")
     slot = slots[index]
     if slot in seen:
         raise TagProblem(f"duplicate key {slot!r}: it is already set earlier in this tag", arg.pos,

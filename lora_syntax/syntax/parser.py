@@ -65,14 +65,19 @@ def _attempt(tag_text: str) -> LoraTag | tuple[str, int]:
 
 
 def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
-    """(start, end, closed) of every tag; an unclosed tag runs to the next '<' or the end."""
-    found = []
+    """(start, end, closed) of every tag; an unclosed tag runs to the next '<' or the end.
+
+    The next '>' and '<' are looked up again only when passed, so a long prompt stays linear."""
+    found: list[tuple[int, int, bool]] = []
+    close = reopen = -2
     for match in _OPEN.finditer(prompt):
-        start = match.start()
+        start, body = match.start(), match.end()
         if found and start < found[-1][1]:
             continue
-        close = prompt.find(">", match.end())
-        reopen = prompt.find("<", match.end())
+        if close != -1 and close < body:
+            close = prompt.find(">", body)
+        if reopen != -1 and reopen < body:
+            reopen = prompt.find("<", body)
         if close >= 0 and (reopen < 0 or close < reopen):
             found.append((start, close + 1, True))
         else:

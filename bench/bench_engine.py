@@ -1,0 +1,215 @@
+"""Engine speed against diffusers + PEFT, measured in the same process on the same UNet.
+
+    python bench/bench_engine.py --arch sd15 [--reduced] [--device cpu|cuda] [--dtype fp32|fp16]
+
+A UNet with random weights is built from the real SD1.5 / SDXL config (``--reduced`` shrinks the
+transformer depth/width so a CPU can run it; what was run is printed). Three rank-32 LoRAs on every
+attention (to_q/k/v/out) and feed-forward linear are written to a temp folder as PEFT files.
+
+  (a) apply: our load + step-1 fuse      vs diffusers load_lora_adapter x3 + set_adapters + fuse_lora
+  (b) re-weight at a change point         vs set_adapters with new weights
+  (c) one denoiser forward, stack active  vs the base forward, and vs diffusers unfused
+  (d) restore                             vs copying the touched weights once
+Targets: (a), (b) <= 1/10 of diffusers; (c) within 2% of base; (d) no slower than one copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lora_syntax.keymaps.build import tree_from_modules  # noqa: E402
+from lora_syntax.library import LoraLibrary  # noqa: E402
+from lora_syntax.patcher import Patcher  # noqa: E402
+from lora_syntax.stack import module_stacks, merge_entries  # noqa: E402
+
+SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+SD15 = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2, sample_size=64)
+SDXL = dict(block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, sample_size=128)
+
+
+class Step:
+    """A stand-in plan entry: one weight vector for every module (what the bench re-weights)."""
+
+    def __init__(self, name: str, weights: tuple[float, ...]) -> None:
+        self.name, self.dyn, self.is_zero, self._w = name, None, False, weights
+
+    def weights(self, component: str, block: str | None = None) -> tuple[float, ...]:
+        return self._w
+
+
+def build_unet(arch: str, reduced: bool, device: str, dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+
+    config = dict(SD15 if arch == "sd15" else SDXL)
+    if reduced:
+        config["block_out_channels"] = tuple(c // 2 for c in config["block_out_channels"])
+        if arch == "sdxl":
+            config["transformer_layers_per_block"] = (1, 2, 2)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    unet = unet.to_empty(device=device)
+    g = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.02, generator=g)
+    return unet.to(dtype).eval().requires_grad_(False), config
+
+
+def write_loras(unet, folder: Path, count: int = 3, rank: int = 32) -> list[Path]:
+    from safetensors.torch import save_file
+
+    paths, g = [], torch.Generator().manual_seed(1)
+    linears = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(SUFFIXES)]
+    for i in range(count):
+        state = {}
+        for name, m in linears:
+            state[f"unet.{name}.lora_A.weight"] = torch.randn(rank, m.in_features, generator=g) * 0.01
+            state[f"unet.{name}.lora_B.weight"] = torch.randn(m.out_features, rank, generator=g) * 0.01
+        paths.append(folder / f"lora{i}.safetensors")
+        save_file(state, str(paths[-1]))
+    return paths
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeat: int = 1) -> float:
+    """Best wall time of ``repeat`` runs, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def forward_fn(unet, arch: str, latent: int, device: str, dtype: torch.dtype):
+    g = torch.Generator(device).manual_seed(2)
+    sample = torch.randn(2, 4, latent, latent, generator=g, device=device).to(dtype)
+    ehs = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g, device=device).to(dtype)
+    added = None
+    if arch == "sdxl":
+        added = {"text_embeds": torch.randn(2, 1280, device=device).to(dtype),
+                 "time_ids": torch.randn(2, 6, device=device).to(dtype)}
+
+    def run():
+        with torch.no_grad():
+            return unet(sample, 500, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
+
+    return run
+
+
+def ours(unet, folder: Path, arch: str, device: str, repeat: int) -> dict:
+    tree = tree_from_modules(arch, {"unet": unet})
+    library = LoraLibrary([folder])
+    patcher = Patcher({"unet": unet})
+    touched = {}
+
+    def apply():
+        items = [(Step(f"lora{i}", (0.8, 0.4)), library.load(library.resolve(f"lora{i}"), tree)) for i in range(3)]
+        entries, _ = merge_entries(items)
+        patcher.load(module_stacks(entries))
+        patcher.apply(1)
+
+    result = {"apply": timed(apply, device)}
+    for stack in patcher.stacks:
+        touched[stack.target.module] = unet.get_submodule(stack.target.module).weight
+    result["reweight"] = timed(lambda: patcher.apply(2 if patcher.step == 1 else 1), device, repeat)
+    result["backup_bytes"] = patcher.backup_bytes
+    result["touched_bytes"] = sum(w.numel() * w.element_size() for w in touched.values())
+    result["forward"] = timed(forward_fn(unet, arch, result_latent(arch), device, unet.dtype), device, repeat)
+    copies = {k: w.detach().clone() for k, w in touched.items()}
+    result["copy_once"] = timed(lambda: [touched[k].data.copy_(v) for k, v in copies.items()], device, repeat)
+    patcher.apply(1)
+    result["restore"] = timed(patcher.restore, device)
+    result["modules"] = len(touched)
+    del copies
+    return result
+
+
+def result_latent(arch: str) -> int:
+    return LATENT[arch]
+
+
+def diffusers_side(unet, paths: list[Path], arch: str, device: str, repeat: int) -> dict:
+    from safetensors.torch import load_file
+
+    names = [p.stem for p in paths]
+
+    def load_and_fuse():
+        for path in paths:
+            unet.load_lora_adapter(load_file(str(path)), prefix="unet", adapter_name=path.stem)
+        unet.set_adapters(names, [0.8, 0.8, 0.8])
+        unet.fuse_lora(adapter_names=names)
+
+    result = {"apply": timed(load_and_fuse, device)}
+    unet.unfuse_lora()
+    flip = iter(range(10**6))
+    result["reweight"] = timed(lambda: unet.set_adapters(names, [0.4 if next(flip) % 2 else 0.8] * 3), device, repeat)
+    result["forward_unfused"] = timed(forward_fn(unet, arch, result_latent(arch), device, unet.dtype), device, repeat)
+    unet.delete_adapters(names)
+    return result
+
+
+LATENT = {"sd15": 64, "sdxl": 128}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15")
+    parser.add_argument("--reduced", action="store_true", help="half the channels (SDXL: 2 transformer layers)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--latent", type=int, default=None, help="latent size for (c) (default: the model's)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the best is kept")
+    args = parser.parse_args(argv)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    if args.latent:
+        LATENT[args.arch] = args.latent
+    unet, config = build_unet(args.arch, args.reduced, args.device, dtype)
+    params = sum(p.numel() for p in unet.parameters())
+    print(f"UNet {args.arch}{' (reduced)' if args.reduced else ''}: {params / 1e6:.0f}M params, "
+          f"channels {config['block_out_channels']}, device {args.device}, {args.dtype}, "
+          f"latent {LATENT[args.arch]}x{LATENT[args.arch]} batch 2, best of {args.repeat}, threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_loras(unet, Path(tmp))
+        base = timed(forward_fn(unet, args.arch, LATENT[args.arch], args.device, dtype), args.device, args.repeat)
+        ours_r = ours(unet, Path(tmp), args.arch, args.device, args.repeat)
+        gc.collect()
+        theirs = diffusers_side(unet, paths, args.arch, args.device, args.repeat)
+    report(ours_r, theirs, base)
+    return 0
+
+
+def report(o: dict, d: dict, base: float) -> None:
+    ms = lambda s: f"{s * 1000:9.1f} ms"  # noqa: E731
+    print(f"3 LoRAs rank 32 on {o['modules']} linears; touched weights {o['touched_bytes'] / 2**20:.0f} MiB, "
+          f"backups+factors held {o['backup_bytes'] / 2**20:.0f} MiB")
+    print(f"(a) apply      ours {ms(o['apply'])}  diffusers {ms(d['apply'])}  ratio {o['apply'] / d['apply']:.3f} (target <= 0.1)")
+    print(f"(b) re-weight  ours {ms(o['reweight'])}  diffusers {ms(d['reweight'])}  ratio {o['reweight'] / d['reweight']:.3f} (target <= 0.1)")
+    print(f"(c) forward    ours {ms(o['forward'])}  base {ms(base)}  ratio {o['forward'] / base:.3f} (target <= 1.02); "
+          f"diffusers unfused {ms(d['forward_unfused'])} ({d['forward_unfused'] / base:.3f}x base)")
+    print(f"(d) restore    ours {ms(o['restore'])}  one copy {ms(o['copy_once'])}  ratio {o['restore'] / o['copy_once']:.3f} (target <= 1)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Networks tab logic without a browser: card data, escaping, search/sort, details, saving, plan view."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers_ui import HOSTILE, make_lora, sample_library
+from lora_syntax.library import LoraLibrary
+from lora_syntax.syntax import parse
+from ui import compat
+from ui.cards import data_attr, format_weight, render_card, render_details, select, tag_name_for
+from ui.networks import NetworksModel
+from ui.plan_view import plan_view
+
+
+@pytest.fixture
+def model(tmp_path) -> NetworksModel:
+    return NetworksModel(LoraLibrary([sample_library(tmp_path)]), model_architecture=lambda: "sd15")
+
+
+def by_name(model: NetworksModel) -> dict:
+    return {card.name: card for card in model.cards()}
+
+
+def test_cards_carry_tag_name_weight_words_and_group(model) -> None:
+    cards = by_name(model)
+    ink, water, neon = cards["inkwash"], cards["styles/watercolor"], cards["xl/neon_xl"]
+    assert (ink.tag_name, ink.weight, ink.auto_words, ink.group) == ("inkwash", 0.8, ("inkwash",), "")
+    assert (water.tag_name, water.group, water.auto_words) == ("styles/watercolor", "styles", ("wcstyle",))
+    assert water.words == ("wcstyle", "flower")  # caption tags are chips in the details, not auto-inserted
+    assert neon.architecture == "sdxl"
+
+
+def test_every_inserted_name_resolves_back_to_its_file(model) -> None:
+    library = model.library
+    for card in model.cards():
+        if card.tag_name is None:
+            continue
+        tag = f"<lora:{card.tag_name}:{format_weight(card.weight)}>"
+        (parsed,) = parse(tag).tags
+        assert library.resolve(parsed.name).name == card.name
+
+
+def test_names_a_tag_cannot_hold_fall_back_to_an_alias_or_none() -> None:
+    assert tag_name_for("a:b", ()) is None
+    assert tag_name_for("a:b", ("my alias",)) == "my alias"
+    assert tag_name_for(HOSTILE, ()) is None
+    assert tag_name_for("styles/pixel art", ()) == "styles/pixel art"
+
+
+def test_hostile_name_and_tags_are_escaped_everywhere(model) -> None:
+    page = model.html()
+    assert "<img src=x" not in page and "<script>" not in page
+    assert html.escape(HOSTILE) in page
+    card = by_name(model)[HOSTILE]
+    details = render_details(card, model.library.info(next(e for e in model.library.entries() if e.name == HOSTILE)))
+    assert "<script>" not in details and "&lt;script&gt;alert(2)&lt;/script&gt;" in details
+
+
+def test_json_in_attributes_round_trips_and_cannot_close_the_attribute() -> None:
+    value = {"name": 'x" onmouseover="alert(1)', "words": ["</div><script>", "it's"]}
+    attribute = data_attr(value)
+    assert '"' not in attribute and "<" not in attribute and "'" not in attribute
+    assert json.loads(html.unescape(attribute)) == value
+
+
+def test_card_payload_has_what_the_page_script_reads(model) -> None:
+    snippet = render_card(by_name(model)["inkwash"], "sd15")
+    payload = json.loads(html.unescape(re.search(r'data-lora="([^"]*)"', snippet).group(1)))
+    assert payload == {"name": "inkwash", "file": "inkwash", "weight": "0.8", "words": ["inkwash"]}
+    other = render_card(by_name(model)["xl/neon_xl"], "sd15")
+    assert "lsx-other-arch" in other and "lsx-badge-other" in other
+
+
+def test_search_filter_and_sort(model, tmp_path) -> None:
+    cards = model.cards()
+    assert [c.name for c in select(cards, query="WCSTYLE")] == ["styles/watercolor"]
+    assert [c.name for c in select(cards, query="flower")] == ["styles/watercolor"]  # dataset tag
+    assert [c.name for c in select(cards, architecture="sdxl")] == ["xl/neon_xl"]
+    make_lora(tmp_path / "styles", "zz_big", rank=64)
+    sizes = [c.name for c in select(model.cards(refresh=True), sort="size") if c.group == "styles"]
+    assert sizes[0] == "styles/zz_big"
+    with pytest.raises(ValueError, match="sort must be one of"):
+        select(cards, sort="colour")
+
+
+def test_refresh_rescans_folders(model, tmp_path) -> None:
+    assert "late/newcomer" not in by_name(model)
+    make_lora(tmp_path / "late", "newcomer")
+    assert "late/newcomer" not in by_name(model)  # the scan is cached until Refresh
+    assert "late/newcomer" in model.html(refresh=True) and "late/newcomer" in by_name(model)
+
+
+def test_details_and_save_write_a1111_sidecar(model, tmp_path) -> None:
+    panel, activation, weight, negative, notes, status = model.details("inkwash")
+    assert "kohya-ss/sd-scripts" in panel and "mountain" in panel and (weight, status) == (0.8, "")
+    message = model.save("inkwash", "inkwash, ink", 0.65, "blurry", "my notes")
+    assert message.startswith("Saved")
+    saved = json.loads((tmp_path / "inkwash.json").read_text(encoding="utf-8"))
+    assert saved == {"activation text": "inkwash, ink", "preferred weight": 0.65, "negative text": "blurry",
+                     "notes": "my notes"}
+    assert by_name(model)["inkwash"].auto_words == ("inkwash", "ink")
+    assert model.save("", "", 0, "", "").startswith("**Error:**")
+    assert model.details("gone")[-1].startswith("**Error:**")
+
+
+def test_plan_view_shows_table_plot_and_error_columns() -> None:
+    text, plot = plan_view("cat <lora:ink:0.5@3>", 20)
+    assert "3-20: 0.5" in text and plot is not None and plot.size[0] > 100
+    bad = "cat <lora:ink:te=0.5:bogus=1>"
+    column = parse(bad, on_error="skip").errors[0].column
+    text, _ = plan_view(bad, 20)
+    assert f"column {column}:" in text
+    assert "<lora:" not in plan_view("<lora:<img src=x onerror=alert(1)>:1>", 20)[0].replace("&lt;lora:", "")
+
+
+def test_compat_picks_the_js_keyword_for_the_installed_gradio(monkeypatch) -> None:
+    assert compat.js_kwargs("() => 1") == ({"js": "() => 1"} if compat.gradio_major() >= 4 else {"_js": "() => 1"})
+    monkeypatch.setattr(compat, "gradio_major", lambda: 3)
+    assert compat.js_kwargs("f") == {"_js": "f"} and "quiet" not in compat.launch_kwargs("127.0.0.1", 1)
+    assert compat.static_text("networks.js").lstrip().startswith("() =>")
+
+
+def test_app_command_arguments() -> None:
+    import argparse
+
+    from ui import app
+
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    args = parser.parse_args(["--lora-dir", "a", "--lora-dir", "b", "--port", "9000"])
+    assert (args.lora_dirs, args.port, args.host, args.model) == ([Path("a"), Path("b")], 9000, "127.0.0.1", None)
+    args.lora_dirs = [Path("/nonexistent/loras")]
+    from lora_syntax.errors import LoraError
+
+    with pytest.raises(LoraError, match="does not exist"):
+        app.run(args)

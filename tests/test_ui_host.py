@@ -1,0 +1,91 @@
+"""The extension hook in ``scripts/``: harmless outside a host; inside an A1111-like page (current Gradio,
+and Gradio 3.41 when ``/tmp/g341`` holds it) the Networks tab edits the host's prompt box."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers_ui import CHROMIUM, CHROMIUM_ARGS, fake_host_modules, free_port, load_host_script, sample_library
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADIO_341 = Path(os.environ.get("LORA_SYNTAX_GRADIO341_PYTHON", "/tmp/g341/bin/python"))
+
+
+def test_importing_the_script_outside_a_host_registers_nothing(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "modules", None)  # no host: "import modules" fails
+    script = load_host_script()
+    assert script.script_callbacks is None and script.shared is None
+
+
+def test_script_registers_a_tab_whose_cards_target_the_host_prompts(monkeypatch, tmp_path) -> None:
+    for name, module in fake_host_modules(sample_library(tmp_path), "is_sdxl").items():
+        monkeypatch.setitem(sys.modules, name, module)
+    script = load_host_script()
+    (callback,) = sys.modules["modules.script_callbacks"].registered
+    ((blocks, title, tab_id),) = callback()
+    assert (title, tab_id) == ("LoRA Networks", "lora_syntax_networks")
+    page = next(block.value for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "lsx_cards")
+    assert "txt2img_prompt" in page and "img2img_neg_prompt" in page
+    assert "loaded model: SDXL" in page and "lsx-other-arch" in page  # SD1.5 cards dimmed under an SDXL model
+    assert script.lora_folders(sys.modules["modules.shared"]) == [tmp_path]
+
+
+def interpreters() -> list:
+    marks = pytest.mark.skipif(not GRADIO_341.exists(), reason=f"no Gradio 3.41 venv at {GRADIO_341}")
+    return [pytest.param(sys.executable, id="gradio-current"), pytest.param(str(GRADIO_341), id="gradio-3.41",
+                                                                         marks=marks)]
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("python", interpreters())
+def test_card_click_edits_the_host_prompt(python, tmp_path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent")
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([python, str(ROOT / "tests" / "helpers_ui.py"), str(sample_library(tmp_path)),
+                               str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        wait_until_up(server, f"http://127.0.0.1:{port}/")
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(15_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            prompt = "#txt2img_prompt textarea"
+            page.fill(prompt, "a cat")
+            page.wait_for_function("() => window.loraSyntax !== undefined")
+            page.locator("button", has_text="LoRA Networks").first.click()
+            card = page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="watercolor"))
+            card.click()
+            assert page.input_value(prompt) == "a cat, <lora:styles/watercolor:1>, wcstyle"
+            card.click()
+            assert page.input_value(prompt) == "a cat"
+            (ROOT / "test-output").mkdir(exist_ok=True)
+            page.screenshot(path=str(ROOT / "test-output" / f"ui-host-{Path(python).parent.parent.name}.png"))
+            browser.close()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"host page exited with {server.returncode}: {server.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"host page did not answer at {url} within {timeout} s")
