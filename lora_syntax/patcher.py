@@ -264,8 +264,10 @@ class Patcher:
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
         weight = slot.module.weight
         original = slot.backup_weight.to(weight.device)
-        fused = fuse(original, slot, weights)
-        weight.data.copy_(fused)
+        direct = weight.dtype == torch.float32 and weight.is_contiguous() and original is not weight
+        fused = fuse(original, slot, weights, into=weight.data if direct else None)
+        if fused is not None:
+            weight.data.copy_(fused)
         if slot.backup_bias is not None:
             bias = slot.module.bias
             base = slot.backup_bias.to(bias.device).float()
@@ -317,19 +319,37 @@ def _low_rank_cache(slot: _Slot, device: torch.device) -> None:
     slot.low_terms, slot.low_ranks, slot.cached = tuple(terms), tuple(ranks), True
 
 
-def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float]) -> torch.Tensor:
-    """fp32 fused weight of ``slot`` at ``weights`` from the ``original`` tensor (the formula above)."""
+def _rank_scale(weights: Sequence[float], ranks: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Each entry's weight repeated over its rank's columns of the concatenated up-factor."""
+    return torch.tensor([w for w, r in zip(weights, ranks) for _ in range(r)], device=device, dtype=torch.float32)
+
+
+def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
+         into: torch.Tensor | None = None) -> torch.Tensor | None:
+    """fp32 fused weight of ``slot`` at ``weights`` from the ``original`` tensor (the formula above).
+
+    ``into`` (an fp32 contiguous weight on the original's device) lets a pure low-rank stack be written
+    in place by one ``addmm`` with no temporary; the function then returns ``None``.
+    """
     if not slot.cached:
         _low_rank_cache(slot, original.device)
     w0 = original.float()
     shape = w0.shape
     low = [weights[i] for i in slot.low_terms]
+    others = any(m != 0.0 for i, m in enumerate(weights) if i not in slot.low_terms)
+    fused = None
     if any(m != 0.0 for m in low):
-        scale = torch.tensor(low, device=w0.device, dtype=torch.float32)
-        scale = scale.repeat_interleave(torch.tensor(slot.low_ranks, device=w0.device))
-        fused = torch.addmm(w0.reshape(shape[0], -1), slot.low_up * scale, slot.low_down).reshape(shape)
-    else:
-        fused = w0.clone()
+        if len(set(low)) == 1:  # one weight for all: fold it into addmm's alpha, no scaled copy of U
+            up, alpha = slot.low_up, low[0]
+        else:
+            up, alpha = slot.low_up * _rank_scale(low, slot.low_ranks, w0.device), 1.0
+        if into is not None and not others:
+            torch.addmm(w0.reshape(shape[0], -1), up, slot.low_down, alpha=alpha, out=into.view(shape[0], -1))
+            return None
+        fused = torch.addmm(w0.reshape(shape[0], -1), up, slot.low_down, alpha=alpha).reshape(shape)
+    if not others:
+        return w0.clone() if fused is None else fused
+    fused = w0.clone() if fused is None else fused
     low_set = set(slot.low_terms)
     for index, (term, m) in enumerate(zip(slot.stack.terms, weights)):
         if index in low_set or m == 0.0 or not term.adapter.additive:

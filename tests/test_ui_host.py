@@ -64,7 +64,7 @@ def test_card_click_edits_the_host_prompt(python, tmp_path) -> None:
             prompt = "#txt2img_prompt textarea"
             page.fill(prompt, "a cat")
             page.wait_for_function("() => window.loraSyntax !== undefined")
-            page.locator("button", has_text="LoRA Networks").first.click()
+            page.locator("button:visible", has_text="LoRA Networks").first.click()
             card = page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="watercolor"))
             card.click()
             assert page.input_value(prompt) == "a cat, <lora:styles/watercolor:1>, wcstyle"
