@@ -149,7 +149,6 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int) -> dict:
     result["restore"] = min(restores)
     result["base_after"] = timed(forward, device, repeat)   # restored model: base forward again
     result["modules"] = len(touched)
-    del copies
     return result
 
 

@@ -10,6 +10,7 @@ Weight of a LoRA on component c, block b, step s (docs/syntax.md):
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import add
@@ -17,7 +18,7 @@ from typing import Union
 
 from . import blocks
 from .errors import LoraSyntaxError
-from .schedule import change_steps, resolve
+from .schedule import change_steps, peak, resolve
 from .syntax.model import BlockWeights, LoraTag, ParsedPrompt, Schedule
 from .syntax.parser import parse
 
@@ -69,13 +70,19 @@ def _lbw(lbw: BlockWeights | None, architecture: str | None) -> _Lbw:
             return _Lbw({}, (), _NO_SCALE, False)
         arch = blocks.FORM_BY_LENGTH[len(lbw.values)][0] if architecture is None else architecture
         mults, covered = blocks.vector_multipliers(lbw.values, form), blocks.ARCH_BLOCKS[arch]
-    scale = {}
-    for group in GROUPS:
-        listed = [b for b in covered if blocks.block_group(b) == group]
-        values = [abs(mults.get(b, 1.0)) for b in listed]
-        scale[group] = max(values) if values else 1.0
+    scale = _group_scale(mults, covered)
     zero = bool(covered) and all(mults.get(b, 1.0) == 0 for b in covered if b != "BASE")
     return _Lbw(mults, covered, scale, True, zero)
+
+
+def _group_scale(mults: dict[str, float], covered: tuple[str, ...]) -> dict[str, float]:
+    """Largest |multiplier| per block group (1 for a group lbw does not cover), in one pass over the blocks."""
+    peaks: dict[str, float] = {}
+    for block in covered:
+        group, value = blocks.block_group(block), abs(mults.get(block, 1.0))
+        if value > peaks.get(group, -1.0):
+            peaks[group] = value
+    return {group: peaks.get(group, 1.0) for group in GROUPS}
 
 
 def _lbw_warning(tag: LoraTag, architecture: str | None) -> str:
@@ -94,7 +101,7 @@ class LoraPlan:
     steps: int
     dyn: int | None
     modules: frozenset[str] | None
-    group_weights: dict[str, tuple[float, ...]] = field(compare=False)  # "te","unet","in","mid","out"
+    group_weights: Mapping[str, tuple[float, ...]] = field(compare=False)  # "te","unet","in","mid","out"
     block_multipliers: dict[str, float] = field(compare=False)
     group_scale: dict[str, float] = field(compare=False)
     lbw_blocks: tuple[str, ...] = field(default=(), compare=False)  # blocks of the architecture lbw spoke of
@@ -170,17 +177,39 @@ def _scaled(vector: tuple[float, ...], factor: float) -> tuple[float, ...]:
     return vector if factor == 1.0 else tuple(v * factor for v in vector)
 
 
+class _Vectors(Mapping):
+    """Group -> weight per step, each expanded on first look-up (``resolve`` caches it per schedule):
+    planning a prompt must not pay for 5 x steps floats that the engine may never ask for."""
+
+    __slots__ = ("_schedules", "_steps")
+
+    def __init__(self, schedules: dict[str, Schedule], steps: int) -> None:
+        self._schedules, self._steps = schedules, steps
+
+    def __getitem__(self, group: str) -> tuple[float, ...]:
+        return resolve(self._schedules[group], self._steps)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._schedules)
+
+    def __len__(self) -> int:
+        return len(self._schedules)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 @dataclass(frozen=True)
 class _Core:
     """What a tag's content gives over a run; shared by every plan of an equal tag (and its weight cache)."""
 
-    vectors: dict[str, tuple[float, ...]]
+    vectors: Mapping[str, tuple[float, ...]]
     lbw: _Lbw
     allowed: frozenset[str] | None
     points: tuple[int, ...]
     is_zero: bool
     cache: dict
-    stack: dict[str, tuple[float, tuple[float, ...] | None]]  # group -> (max |w| x scale, per step or None)
+    stack: dict[str, tuple[float, Schedule | None, float]]  # group -> (max |w| x scale, schedule if it varies, scale)
 
 
 _CORES: dict[tuple, _Core] = {}
@@ -195,27 +224,45 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     te = tag.te or tag.strength or _ONE
     unet = tag.unet or tag.strength or te
     schedules = {"te": te, "unet": unet, "in": tag.in_ or unet, "mid": tag.mid or unet, "out": tag.out or unet}
-    vectors = {k: resolve(s, steps) for k, s in schedules.items()}
     lbw = _lbw(tag.lbw, architecture)
     allowed = _allowed(tag)
     te_live = (allowed is None or any(c in allowed for c in TEXT_ENCODERS)) and lbw.group_scale["te"] != 0
     unet_live = (allowed is None or any(c in allowed for c in DENOISERS)) and not lbw.denoiser_zero
     live = (["te"] if te_live else []) + (["unet", "in", "mid", "out"] if unet_live else [])
     points = tuple(sorted(set().union(*(change_steps(schedules[k], steps) for k in live))))
-    is_zero = not any(any(vectors[k]) for k in live)
+    is_zero = not any(peak(schedules[k], steps) for k in live)
     if len(_CORES) >= _CORES_MAX:
         _CORES.clear()
-    stack = {}
-    for group in GROUPS:
-        touches = TEXT_ENCODERS if group == "te" else DENOISERS
-        scale = lbw.group_scale[group]
-        if is_zero or scale == 0 or (allowed is not None and not allowed.intersection(touches)):
-            stack[group] = (0.0, None)
-            continue
-        scaled = tuple(abs(v) * scale for v in vectors[group])
-        stack[group] = (max(scaled), None if scaled.count(scaled[0]) == steps else scaled)
-    found = _CORES[key] = _Core(vectors, lbw, allowed, points, is_zero, {}, stack)
+    stack = {group: _stack_entry(group, schedules[group], steps, lbw, allowed, is_zero) for group in GROUPS}
+    found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack)
     return found
+
+
+def _stack_entry(group: str, schedule: Schedule, steps: int, lbw: _Lbw, allowed: frozenset[str] | None,
+                 is_zero: bool) -> tuple[float, Schedule | None, float]:
+    """(largest |weight| x lbw scale, the schedule when it varies, the scale) of one group, for the stack
+    warning; the per-step values are only expanded if the warning's cheap bound is passed."""
+    touches = TEXT_ENCODERS if group == "te" else DENOISERS
+    scale = lbw.group_scale[group]
+    if is_zero or scale == 0 or (allowed is not None and not allowed.intersection(touches)):
+        return 0.0, None, 0.0
+    return peak(schedule, steps) * scale, None if schedule.is_constant else schedule, scale
+
+
+def _per_step(entry: tuple[float, Schedule | None, float], steps: int) -> tuple[float, ...] | None:
+    """|weight| x scale at each step of a stack entry, None when it is the same at every step."""
+    _, schedule, scale = entry
+    return None if schedule is None else _abs_scaled(schedule, steps, scale)
+
+
+@lru_cache(maxsize=4096)
+def _abs_scaled(schedule: Schedule, steps: int, scale: float) -> tuple[float, ...] | None:
+    """``_per_step`` of a varying schedule, memoised: the stack warning asks on every plan. ``map`` keeps
+    the loop in C (scale x |v| is the same float as |v| x scale)."""
+    scaled = tuple(map(abs, resolve(schedule, steps)))
+    if scale != 1.0:
+        scaled = tuple(map(scale.__mul__, scaled))
+    return None if scaled.count(scaled[0]) == steps else scaled
 
 
 def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple[LoraPlan, str | None]:
@@ -243,13 +290,14 @@ class Plan:
 def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[float, int]:
     """(largest total |weight| over the steps, the step it happens at) on one block group."""
     entries = [lora._stack[group] for lora in loras]
-    bound = sum(peak for peak, _ in entries)
+    bound = sum(entry[0] for entry in entries)
     if bound <= STACK_WARN_LEVEL:  # cannot exceed the level at any step: skip the per-step sums
         return bound, 1
     base, totals = 0.0, [0.0] * steps
-    for peak, per_step in entries:
+    for entry in entries:
+        per_step = _per_step(entry, steps)
         if per_step is None:
-            base += peak
+            base += entry[0]
         else:
             totals = list(map(add, totals, per_step))
     top = max(totals)

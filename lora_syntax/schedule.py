@@ -60,6 +60,31 @@ def resolve(schedule: Schedule, steps: int) -> tuple[float, ...]:
 
 @lru_cache(maxsize=4096)
 def change_steps(schedule: Schedule, steps: int) -> frozenset[int]:
-    """Steps >= 2 at which the resolved weight differs from the step before."""
-    values = resolve(schedule, steps)
-    return frozenset(i + 2 for i, (a, b) in enumerate(zip(values, values[1:])) if a != b)
+    """Steps >= 2 at which the resolved weight differs from the step before.
+
+    A switch schedule changes only at its keyframes, so they are read off the keyframes without
+    expanding every step (planning a cold prompt stays cheap); lerp changes at every step of a ramp."""
+    if steps < 2 or schedule.is_constant:
+        return frozenset()
+    if schedule.interpolation == "lerp":
+        values = resolve(schedule, steps)
+        return frozenset(i + 2 for i, (a, b) in enumerate(zip(values, values[1:])) if a != b)
+    return frozenset(_switch_changes(_points(schedule, steps), steps))
+
+
+def _switch_changes(points: list[tuple[int, float]], steps: int):
+    """Keyframe steps inside the run whose value differs from the one before (0 before the first)."""
+    previous = 0.0
+    for step, value in points:
+        if step > steps:
+            return
+        if step >= 2 and value != previous:
+            yield step
+        previous = value
+
+
+def peak(schedule: Schedule, steps: int) -> float:
+    """The largest |weight| over steps 1..``steps``; a constant needs no expansion."""
+    if schedule.is_constant:
+        return abs(schedule.keyframes[0].value)
+    return max(map(abs, resolve(schedule, steps)))

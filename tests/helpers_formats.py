@@ -115,5 +115,5 @@ def inventory_state_dict(path: Path, *, seed: int = 0) -> dict[str, torch.Tensor
     """A state dict in exactly the layout of a key inventory (small random values, alpha = 8)."""
     gen = torch.Generator().manual_seed(seed)
     keys = json.loads(path.read_text(encoding="utf-8"))["keys"]
-    return {k: (torch.randn(*shape, generator=gen) * 0.01 if shape else torch.tensor(8.0))
+    return {k: (torch.full(shape, 0.01) if shape else torch.tensor(8.0))
             for k, shape in keys.items()}

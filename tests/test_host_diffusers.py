@@ -22,6 +22,10 @@ def lora_dir(tmp_path_factory):
     pipe = tiny_pipeline("sd15")
     write_lora(folder, "ink", lora_state_dict(pipe, seed=1))
     write_lora(folder, "oil", lora_state_dict(pipe, rank=2, seed=2))
+    bad = lora_state_dict(pipe, seed=3)
+    key = f"unet.{Q}.lora_A.weight"
+    bad[key] = torch.randn(bad[key].shape[0], bad[key].shape[1] + 3)   # does not fit to_q
+    write_lora(folder, "misfit", bad)
     return folder
 
 
@@ -30,8 +34,8 @@ def pipe():
     return tiny_pipeline("sd15")
 
 
-def call(pipe, run, steps=STEPS, **kwargs):
-    return pipe(run.prompt, num_inference_steps=steps, height=32, width=32, output_type="pt",
+def call(pipe, run, steps=STEPS, output_type="latent", **kwargs):
+    return pipe(run.prompt, num_inference_steps=steps, height=32, width=32, output_type=output_type,
                 generator=torch.Generator().manual_seed(0), callback_on_step_end=run.callback,
                 callback_on_step_end_tensor_inputs=run.callback_tensor_inputs, **kwargs).images
 
@@ -101,7 +105,7 @@ def test_te_schedule_changes_embeddings_from_switch_step(pipe, lora_dir):
         call(pipe, run, steps=1)
     base = tiny_pipeline("sd15")
     seen_base, h2 = record_unet(base, "ehs")
-    base("a cat", num_inference_steps=1, height=32, width=32, output_type="pt")
+    base("a cat", num_inference_steps=1, height=32, width=32, output_type="latent")
     handle.remove(), h2.remove()
     scheduled, full_te = seen[:STEPS], seen[STEPS]
     assert torch.equal(scheduled[0], seen_base[0]) and torch.equal(scheduled[1], seen_base[0])
@@ -116,9 +120,9 @@ def test_image_differs_from_base_and_zero_weights_equal_base(pipe, lora_dir):
     with activate(pipe, "a cat <lora:ink:0> <lora:oil:0>", lora_dirs=[lora_dir], steps=2,
                   architecture="sd15") as run:
         assert run.timings.applied_modules == 0 and run.timings.backup_bytes == 0
-        zero = call(pipe, run, steps=2)
+        zero = call(pipe, run, steps=2, output_type="pt")
     with activate(pipe, "a cat <lora:ink:1>", lora_dirs=[lora_dir], steps=2, architecture="sd15") as run:
-        styled = call(pipe, run, steps=2)
+        styled = call(pipe, run, steps=2, output_type="pt")
     assert torch.equal(zero, base)
     assert (styled - base).abs().mean() > 1e-3
 
@@ -152,14 +156,27 @@ def test_errors_and_interrupts_restore_bitwise(pipe, lora_dir):
             pass
     assert_bitwise(before, pipe)
 
+    with pytest.raises(LoraError, match="to_q"):
+        with activate(pipe, "a cat <lora:ink:1> <lora:misfit:1>", lora_dirs=[lora_dir], steps=2,
+                      architecture="sd15"):
+            pass
+    assert_bitwise(before, pipe)
+
     def interrupt(p, i, t, kw):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        with activate(pipe, "a cat <lora:ink:1@1,0.5@2>", lora_dirs=[lora_dir], steps=3,
+        with activate(pipe, "a cat <lora:ink:1@1,0.5@2,0.2@3>", lora_dirs=[lora_dir], steps=3,
                       architecture="sd15") as run:
-            pipe("a cat", num_inference_steps=3, height=32, width=32, output_type="pt",
-                 callback_on_step_end=interrupt)
+            def ctrl_c_after_reweight(p, i, t, kw):
+                out = run.callback(p, i, t, kw)
+                if i == 1:
+                    assert [r.step for r in run.timings.reweights] == [2, 3]
+                    raise KeyboardInterrupt
+                return out
+
+            pipe(run.prompt, num_inference_steps=3, height=32, width=32, output_type="latent",
+                 callback_on_step_end=ctrl_c_after_reweight)
     assert_bitwise(before, pipe)
     with pytest.raises(LoraError):
         generate(pipe, "a cat <lora:ink:1>", lora_dirs=[lora_dir], steps=2, architecture="sd15",

@@ -232,3 +232,17 @@ def test_reload_restores_modules_no_longer_in_stack():
     assert not torch.equal(net.a.weight, before[0]["a.weight"])
     p.restore()
     assert_same(before, net)
+
+
+def test_fp32_in_place_path_matches_reference():
+    net = Net()
+    w0 = net.a.weight.detach().clone()
+    l1, l2 = lora(6, 8, seed=4), lora(6, 8, rank=3, seed=5, alpha=1.5)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", l1, (0.5, 0.7)), Term("y", l2, (0.5, -0.3)))])
+    for step, (m1, m2) in ((1, (0.5, 0.5)), (2, (0.7, -0.3))):
+        p.apply(step)
+        expected = w0 + m1 * l1.delta(w0) + m2 * l2.delta(w0)
+        torch.testing.assert_close(net.a.weight, expected, rtol=1e-6, atol=1e-6)
+    p.restore()
+    assert torch.equal(net.a.weight, w0)

@@ -130,6 +130,9 @@ def test_search_filter_and_marking_other_architectures(page) -> None:
     page.fill("#lsx_search textarea, #lsx_search input", "")
     page.wait_for_function("() => document.querySelectorAll('.lsx-card').length === 5")
     assert page.locator(".lsx-group h3").all_inner_texts() == ["(top folder)", "styles", "xl"]
+    assert "lsx-other-arch" in card(page, "neon_xl").get_attribute("class")  # SDXL LoRA, SD1.5 model
+    assert "lsx-other-arch" not in card(page, "inkwash").get_attribute("class")
+    page.locator("#lsx_networks_tab").screenshot(path=str(OUT / "ui-networks-tab.png"))
 
 
 def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir) -> None:
@@ -150,6 +153,7 @@ def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir)
     saved = json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))
     assert saved["preferred weight"] == 0.6 and saved["notes"] == "good at 0.6"
     card(page, "inkwash").locator(".lsx-weight", has_text="0.6").wait_for()
+    page.locator("#lsx_details_panel").screenshot(path=str(OUT / "ui-networks-details.png"))
     page.locator(PROMPT).fill("")
     card(page, "inkwash").click()
     assert page.input_value(PROMPT) == "<lora:inkwash:0.6>, inkwash"

@@ -64,7 +64,8 @@ def test_card_click_edits_the_host_prompt(python, tmp_path) -> None:
             prompt = "#txt2img_prompt textarea"
             page.fill(prompt, "a cat")
             page.wait_for_function("() => window.loraSyntax !== undefined")
-            page.locator("button:visible", has_text="LoRA Networks").first.click()
+            # Gradio 4+: role=tab buttons; 3.41: buttons in .tab-nav
+            page.locator("[role=tab], .tab-nav button").filter(has_text="LoRA Networks").first.click()
             card = page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="watercolor"))
             card.click()
             assert page.input_value(prompt) == "a cat, <lora:styles/watercolor:1>, wcstyle"
@@ -89,3 +90,21 @@ def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90.0) -> 
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"host page did not answer at {url} within {timeout} s")
+
+
+def test_ui_command_serves_the_app_on_localhost(tmp_path) -> None:
+    """``python extension.py ui`` end to end: arguments, library, launch; the page answers on 127.0.0.1."""
+    port = free_port()
+    model = tmp_path / "no-model"  # the model loads on first Generate, so the page needs none to start
+    server = subprocess.Popen([sys.executable, str(ROOT / "extension.py"), "ui", "--model", str(model),
+                               "--lora-dir", str(sample_library(tmp_path / "loras")), "--port", str(port)],
+                              cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_up(server, f"http://127.0.0.1:{port}/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as answer:
+            config = answer.read().decode("utf-8")
+        assert "lora_syntax_prompt" in config and "lsx-card" in config
+    finally:
+        server.kill()
+        server.wait()

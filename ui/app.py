@@ -7,6 +7,7 @@ prompts a Plan tab (updated as you type) and the Networks tab. Binds to 127.0.0.
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -32,18 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 
 
-def architecture_of(pipe: Any) -> str | None:
-    """The model family of a diffusers pipeline, from its class and text-encoder width."""
-    name = type(pipe).__name__
-    if "Flux" in name:
+def architecture_of(class_name: str, text_encoder_width: int | None = None) -> str | None:
+    """The model family of a diffusers pipeline class (SD2 differs from SD1.5 by its 1024-wide text encoder)."""
+    if "Flux" in class_name:
         return "flux"
-    if "XL" in name:
+    if "XL" in class_name:
         return "sdxl"
-    if "StableDiffusion" in name:
-        encoder = getattr(pipe, "text_encoder", None)
-        width = getattr(getattr(encoder, "config", None), "hidden_size", 768)
-        return "sd2" if width == 1024 else "sd15"
+    if "StableDiffusion" in class_name:
+        return "sd2" if text_encoder_width == 1024 else "sd15"
     return None
+
+
+def folder_architecture(model_dir: Path) -> str | None:
+    """The family of a saved pipeline from its JSON files, so cards are marked before the model loads."""
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+        encoder = model_dir / "text_encoder" / "config.json"
+        width = json.loads(encoder.read_text(encoding="utf-8")).get("hidden_size") if encoder.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return architecture_of(str(index.get("_class_name", "")), width)
 
 
 class Generator:
@@ -67,7 +76,10 @@ class Generator:
         return self.pipe
 
     def architecture(self) -> str | None:
-        return architecture_of(self.pipe) if self.pipe is not None else None
+        if self.pipe is None:
+            return folder_architecture(self.model_dir)
+        width = getattr(getattr(getattr(self.pipe, "text_encoder", None), "config", None), "hidden_size", None)
+        return architecture_of(type(self.pipe).__name__, width)
 
     def generate(self, prompt: str, negative: str, steps: int, seed: int, width: int, height: int,
                  progress: Any = None) -> tuple[Any, str]:
@@ -80,7 +92,7 @@ class Generator:
         with self.lock:
             pipe = self.load()
             steps = int(steps)
-            negative_clean = parse(negative or "", on_error="skip").prompt
+            negative_parsed = parse(negative or "", on_error="skip")
             started = time.perf_counter()
             with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps) as run:
                 def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
@@ -88,12 +100,14 @@ class Generator:
                     if progress is not None:
                         progress((step + 1, steps), desc=f"step {step + 1}/{steps}")
                     return tensors
-                result = pipe(run.prompt, negative_prompt=negative_clean or None, num_inference_steps=steps,
+                result = pipe(run.prompt, negative_prompt=negative_parsed.prompt or None, num_inference_steps=steps,
                               width=int(width), height=int(height),
                               generator=torch.Generator("cpu").manual_seed(int(seed)),
                               callback_on_step_end=on_step,
                               callback_on_step_end_tensor_inputs=list(run.callback_tensor_inputs or ["latents"]))
                 warnings = list(run.warnings)
+            if negative_parsed.tags or negative_parsed.errors:
+                warnings.append("LoRA tags in the negative prompt are not applied by this app; they were removed")
             seconds = time.perf_counter() - started
         names = ", ".join(f"`{lora.name}`" for lora in run.plan.loras) or "none"
         notes = "".join(f"\n- {w}" for w in warnings)
@@ -118,17 +132,17 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="lsx_seed")
                     width = gr.Slider(64, 1024, value=512, step=64, label="Width", elem_id="lsx_width")
                     height = gr.Slider(64, 1024, value=512, step=64, label="Height", elem_id="lsx_height")
-                with gr.Tabs():
-                    with gr.Tab("Plan"):
-                        plan_html = gr.HTML(plan_view("", 20)[0], elem_id="lsx_plan")
-                        plan_image = gr.Image(label="Schedule", type="pil", interactive=False,
-                                              elem_id="lsx_plan_plot")
-                    with gr.Tab("Networks", elem_id="lsx_networks_tab"):
-                        build_networks_tab(networks, blocks)
             with gr.Column(scale=2):
                 go = gr.Button("Generate", variant="primary", elem_id="lsx_generate")
                 image = gr.Image(label="Image", type="pil", interactive=False, elem_id="lsx_image", height=420)
                 status = gr.Markdown("", elem_id="lsx_gen_status")
+        with gr.Tabs():
+            with gr.Tab("Plan"):
+                with gr.Row():
+                    plan_html = gr.HTML(plan_view("", 20)[0], elem_id="lsx_plan")
+                    plan_image = gr.Image(label="Schedule", type="pil", interactive=False, elem_id="lsx_plan_plot")
+            with gr.Tab("Networks", elem_id="lsx_networks_tab"):
+                build_networks_tab(networks, blocks)
 
         def update_plan(text: str, n: int) -> tuple[str, Any]:
             return plan_view(text, n, model_arch())

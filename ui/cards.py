@@ -57,6 +57,14 @@ def format_weight(weight: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+def format_size(size: int) -> str:
+    """``1684`` -> ``1.6 kB``, ``151_000_000`` -> ``151.0 MB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def tag_name_for(name: str, aliases: Sequence[str]) -> str | None:
     """The first of ``name`` and ``aliases`` that the tag parser reads back unchanged.
 
@@ -212,7 +220,7 @@ def render_details(card: Card, info: Any | None, *, max_tags: int = 40) -> str:
             ("base model", getattr(info, "base_model", None)), ("rank", getattr(info, "rank", None)),
             ("alpha", getattr(info, "alpha", None)), ("trainer", getattr(info, "trainer", None)),
             ("format", getattr(info, "format", None)), ("aliases", ", ".join(card.aliases)),
-            ("size", f"{card.size / 1e6:.1f} MB"), ("problem", card.problem)]
+            ("size", format_size(card.size)), ("problem", card.problem)]
     table = "".join(f"<tr><th>{esc(key)}</th><td>{esc(value)}</td></tr>" for key, value in rows
                     if value not in (None, ""))
     description = getattr(info, "description", "") or ""

@@ -111,7 +111,8 @@ def build_networks_tab(model: NetworksModel, blocks: Any | None = None) -> Netwo
         architecture = gr.Dropdown(label="Architecture", choices=ARCH_CHOICES, value="all", elem_id="lsx_arch")
         sort = gr.Radio(label="Sort by", choices=list(SORTS), value="name", elem_id="lsx_sort")
         with gr.Column(min_width=120):
-            auto = gr.Checkbox(label="Insert trigger words", value=True, elem_id="lsx_autoinsert", interactive=True)
+            # read by the page script through its id; interactive=True because no Python event uses it
+            gr.Checkbox(label="Insert trigger words", value=True, elem_id="lsx_autoinsert", interactive=True)
             refresh = gr.Button("Refresh", elem_id="lsx_refresh")
     cards = gr.HTML(model.html(), elem_id="lsx_cards")
     details_name = gr.Textbox(label="details of", elem_id="lsx_details_name", **compat.hidden_kwargs())
@@ -135,7 +136,6 @@ def build_networks_tab(model: NetworksModel, blocks: Any | None = None) -> Netwo
     save.click(model.save, [details_name, activation, weight, negative, notes], status).then(
         model.html, filters, cards, show_progress="hidden").then(
         lambda name: model.details(name)[0], details_name, details_html, show_progress="hidden")
-    del auto  # read by the page script through its element id
     if blocks is not None:
         compat.run_js_on_load(blocks, compat.static_text("networks.js"))
     return NetworksTab(model, cards, refresh, query, architecture, sort)

@@ -11,6 +11,10 @@ from typing import Any
 
 from .cards import esc
 
+# Inline styles: the plan tab must look right even when the Networks tab (which carries our CSS) is not shown.
+ERROR_STYLE = "color:#b91c1c;font-family:monospace;white-space:pre-wrap;margin:4px 0"
+OK_STYLE = "color:#15803d;margin:4px 0"
+
 
 def plan_plot(plan: Any) -> Any:
     """``explain``'s schedule plot as a PIL image (None without tags)."""
@@ -34,12 +38,12 @@ def plan_view(prompt: str, steps: int, architecture: str | None = None) -> tuple
     from lora_syntax.syntax import parse
 
     parsed = parse(prompt or "", on_error="skip")
-    parts = [f'<div class="lsx-plan-error">column {esc(error.column)}: {esc(error)}</div>' for error in parsed.errors]
+    parts = [f'<div class="lsx-plan-error" style="{ERROR_STYLE}">column {esc(error.column)}: {esc(error)}</div>' for error in parsed.errors]
     try:
         plan = build_plan(parsed, max(1, int(steps or 1)), architecture=architecture)
     except (LoraError, ValueError) as error:
-        return "".join(parts) + f'<div class="lsx-plan-error">{esc(error)}</div>', None
+        return "".join(parts) + f'<div class="lsx-plan-error" style="{ERROR_STYLE}">{esc(error)}</div>', None
     if not parsed.errors:
-        parts.append(f'<div class="lsx-plan-ok">{len(plan.loras)} LoRA tag(s), no syntax errors</div>')
+        parts.append(f'<div class="lsx-plan-ok" style="{OK_STYLE}">{len(plan.loras)} LoRA tag(s), no syntax errors</div>')
     parts.append(f'<pre class="lsx-plan-table">{esc(table(plan))}</pre>')
     return f'<div class="lsx-plan">{"".join(parts)}</div>', plan_plot(plan)

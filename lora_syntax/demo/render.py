@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,14 +13,21 @@ DEFAULT_STEPS = 12
 GUIDANCE = 4.0
 
 
+def sample_seeds(pipe, prompt: str, seeds: Sequence[int], *, steps: int = DEFAULT_STEPS,
+                 guidance: float = GUIDANCE, **call_kwargs: Any) -> list[np.ndarray]:
+    """One 32x32 image per seed (float32 HxWx3 in [0, 1]) in one batched pipeline call; image k starts
+    from the noise of ``seeds[k]`` alone, so a seed gives the same image in any batch."""
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    with torch.no_grad():
+        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                   num_images_per_prompt=len(gens), output_type="np", **call_kwargs)
+    return [np.asarray(image, dtype=np.float32) for image in out.images]
+
+
 def sample(pipe, prompt: str, *, seed: int, steps: int = DEFAULT_STEPS, guidance: float = GUIDANCE,
            **call_kwargs: Any) -> np.ndarray:
-    """One 32x32 image as float32 HxWx3 in [0, 1]; the same seed gives the same starting noise."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="np",
-                   **call_kwargs)
-    return np.asarray(out.images[0], dtype=np.float32)
+    """One image for one seed (see :func:`sample_seeds`)."""
+    return sample_seeds(pipe, prompt, [seed], steps=steps, guidance=guidance, **call_kwargs)[0]
 
 
 def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:

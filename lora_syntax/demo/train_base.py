@@ -33,7 +33,7 @@ class Budget:
     def for_mode(cls, quick: bool) -> "Budget":
         if quick:
             return cls(images=256, vae_steps=30, unet_steps=40, lora_steps=10, batch=16)
-        return cls(images=3000, vae_steps=700, unet_steps=2400, lora_steps=450, batch=32)
+        return cls(images=3000, vae_steps=500, unet_steps=2000, lora_steps=350, batch=32)
 
 
 def _cosine_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int = 50) -> None:

@@ -1,8 +1,8 @@
 """Key dialects and the registry that picks one per file.
 
 ``DIALECTS`` is ordered: the dialect with the highest :meth:`score` wins and, on a tie, the LATER one
-(more specific dialects are appended after the general ones). Adding a dialect is one line:
-``DIALECTS.append(MyDialect())`` here.
+(more specific dialects are appended after the general ones). Adding a dialect is one line in the
+list below (or in a family's tuple, as ``FLUX_DIALECTS``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from ..errors import LoraFileError
 from .base import Grouped, KeyDialect, ModuleParams
+from .flux_dialects import FLUX_DIALECTS
 from .kohya import KohyaDialect
 from .legacy import AttnProcessorDialect, CloneofsimoDialect
 from .peft import PeftDialect
@@ -20,8 +21,8 @@ DIALECTS: list[KeyDialect] = [
     PeftDialect(),
     AttnProcessorDialect(),
     CloneofsimoDialect(),
+    *FLUX_DIALECTS,
 ]
-DIALECTS.extend(__import__("lora_syntax.formats.flux_dialects", fromlist=["FLUX_DIALECTS"]).FLUX_DIALECTS)
 
 
 def pick_dialect(keys: Collection[str], *, name: str = "LoRA") -> KeyDialect:

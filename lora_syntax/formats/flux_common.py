@@ -94,11 +94,18 @@ def place_bfl(name: str, component: str = fluxmap.TRANSFORMER) -> Placement | No
 
 
 def _swapped(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """``params`` with the two halves of every output-row tensor exchanged; ``None`` if a type can't."""
-    if set(params) - set(ROW_PARAMS) - {"lora_down.weight", "lora_mid.weight", "alpha"}:
-        return None  # LoKr/LoHa/DoRA factors cannot express a row permutation
+    """``params`` with the two halves of every output-row tensor exchanged; ``None`` if a type can't.
+
+    A per-row ``dora_scale`` ``[out, 1]`` is swapped with the rows; a per-column one ``[1, in]`` is
+    unchanged by a row permutation of ``W + ΔW``."""
+    if set(params) - set(ROW_PARAMS) - {"lora_down.weight", "lora_mid.weight", "alpha", "dora_scale"}:
+        return None  # LoKr/LoHa factors cannot express a row permutation
     out = dict(params)
-    for name in ROW_PARAMS:
+    names = list(ROW_PARAMS)
+    scale = params.get("dora_scale")
+    if scale is not None and scale.dim() >= 1 and scale.shape[0] > 1:
+        names.append("dora_scale")
+    for name in names:
         if name in out:
             first, second = out[name].chunk(2, dim=0)
             out[name] = torch.cat([second, first], dim=0)

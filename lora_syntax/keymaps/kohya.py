@@ -15,7 +15,6 @@ model modules by output rows). A new architecture is a new row in both.
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -73,11 +72,6 @@ def text_model_alias(module: str) -> str:
     return module[len(prefix):] if module.startswith(prefix) else prefix + module
 
 
-def _lazy(target: str) -> AliasSource:
-    module, _, attr = target.partition(":")
-    return lambda tree, component: getattr(importlib.import_module(module), attr)(tree, component)
-
-
 _SD_ALIASES: tuple[AliasSource, ...] = (_ldm_aliases, _text_model_aliases)
 
 # architecture -> extra name sources besides the model's own module names.
@@ -85,7 +79,7 @@ ALIASES: dict[str, tuple[AliasSource, ...]] = {
     "sd15": _SD_ALIASES,
     "sd2": _SD_ALIASES,
     "sdxl": _SD_ALIASES,
-    "flux": (_text_model_aliases, _lazy("lora_syntax.keymaps.flux:kohya_aliases")),
+    "flux": (_text_model_aliases,),  # BFL names are mapped by formats/flux_kohya.py
 }
 
 

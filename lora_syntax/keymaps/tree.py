@@ -68,14 +68,6 @@ def modules_of(component: torch.nn.Module) -> dict[str, ModuleInfo]:
     return found
 
 
-def tree_from_components(architecture: str, components: Mapping[str, torch.nn.Module]) -> ModelTree:
-    """A tree from ``{pipeline attribute: module}``; components that are ``None`` are skipped."""
-    modules = {name: modules_of(module) for name, module in components.items() if module is not None}
-    config = {name: dict(getattr(module, "config", {}) or {}) for name, module in components.items()
-              if module is not None}
-    return ModelTree(architecture, modules, config)
-
-
 def pipeline_components(pipe: object, names: Iterable[str] = TEXT_ENCODERS + DENOISERS) -> dict[str, torch.nn.Module]:
     """The text encoders and denoisers a diffusers pipeline has."""
     return {name: getattr(pipe, name) for name in names
