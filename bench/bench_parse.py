@@ -39,7 +39,6 @@ def _clear() -> None:
     schedule.resolve.cache_clear()
     schedule.change_steps.cache_clear()
     plan_module._lbw.cache_clear()
-    plan_module._abs_scaled.cache_clear()
     plan_module._CORES.clear()
 
 

@@ -50,6 +50,9 @@ def pickle_error(path: Path, why: str) -> LoraFileError:
 
 def sniff_pickle(head: bytes) -> str | None:
     """Describe ``head`` (a file's first bytes) if it is a pickle or a torch zip checkpoint."""
+    if len(head) >= 9 and head[8:9] == b"{":
+        return None  # safetensors: an 8-byte header length, then the JSON header; its length bytes
+        #              can look like a pickle opcode (0x80 0x05..., "(\x94"), so this check comes first
     if head.startswith(b"PK\x03\x04"):
         return "is a PyTorch zip checkpoint (a pickle inside a zip)"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:

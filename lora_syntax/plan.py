@@ -209,7 +209,7 @@ class _Core:
     points: tuple[int, ...]
     is_zero: bool
     cache: dict
-    stack: dict[str, tuple[float, Schedule | None, float]]  # group -> (max |w| x scale, schedule if it varies, scale)
+    stack: dict[str, "_StackEntry"]   # group -> its peak and per-step |w| for the stack warning
 
 
 _CORES: dict[tuple, _Core] = {}
@@ -238,31 +238,41 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     return found
 
 
+class _StackEntry:
+    """One group of one tag for the stack warning: its largest |weight| x lbw scale (``peak``), and the
+    per-step values, expanded on first need only (when the warning's cheap bound is passed) and then kept."""
+
+    __slots__ = ("peak", "_schedule", "_scale", "_steps", "_per_step")
+
+    def __init__(self, peak: float, schedule: Schedule | None, scale: float, steps: int) -> None:
+        self.peak, self._schedule, self._scale, self._steps = peak, schedule, scale, steps
+        self._per_step: tuple[float, ...] | None | bool = True if schedule is not None else None  # True: to expand
+
+    def per_step(self) -> tuple[float, ...] | None:
+        """|weight| x scale at each step, None when it is the same at every step."""
+        if self._per_step is True:
+            self._per_step = self._expand()
+        return self._per_step  # type: ignore[return-value]
+
+    def _expand(self) -> tuple[float, ...] | None:
+        """``map`` keeps the loop in C (scale x |v| is the same float as |v| x scale)."""
+        scaled = tuple(map(abs, resolve(self._schedule, self._steps)))  # type: ignore[arg-type]
+        if self._scale != 1.0:
+            scaled = tuple(map(self._scale.__mul__, scaled))
+        return None if scaled.count(scaled[0]) == self._steps else scaled
+
+
+_NO_STACK = _StackEntry(0.0, None, 0.0, 0)
+
+
 def _stack_entry(group: str, schedule: Schedule, steps: int, lbw: _Lbw, allowed: frozenset[str] | None,
-                 is_zero: bool) -> tuple[float, Schedule | None, float]:
-    """(largest |weight| x lbw scale, the schedule when it varies, the scale) of one group, for the stack
-    warning; the per-step values are only expanded if the warning's cheap bound is passed."""
+                 is_zero: bool) -> _StackEntry:
+    """The stack-warning entry of one group (``_NO_STACK`` where the tag cannot weigh on it)."""
     touches = TEXT_ENCODERS if group == "te" else DENOISERS
     scale = lbw.group_scale[group]
     if is_zero or scale == 0 or (allowed is not None and not allowed.intersection(touches)):
-        return 0.0, None, 0.0
-    return peak(schedule, steps) * scale, None if schedule.is_constant else schedule, scale
-
-
-def _per_step(entry: tuple[float, Schedule | None, float], steps: int) -> tuple[float, ...] | None:
-    """|weight| x scale at each step of a stack entry, None when it is the same at every step."""
-    _, schedule, scale = entry
-    return None if schedule is None else _abs_scaled(schedule, steps, scale)
-
-
-@lru_cache(maxsize=4096)
-def _abs_scaled(schedule: Schedule, steps: int, scale: float) -> tuple[float, ...] | None:
-    """``_per_step`` of a varying schedule, memoised: the stack warning asks on every plan. ``map`` keeps
-    the loop in C (scale x |v| is the same float as |v| x scale)."""
-    scaled = tuple(map(abs, resolve(schedule, steps)))
-    if scale != 1.0:
-        scaled = tuple(map(scale.__mul__, scaled))
-    return None if scaled.count(scaled[0]) == steps else scaled
+        return _NO_STACK
+    return _StackEntry(peak(schedule, steps) * scale, None if schedule.is_constant else schedule, scale, steps)
 
 
 def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple[LoraPlan, str | None]:
@@ -290,14 +300,14 @@ class Plan:
 def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[float, int]:
     """(largest total |weight| over the steps, the step it happens at) on one block group."""
     entries = [lora._stack[group] for lora in loras]
-    bound = sum(entry[0] for entry in entries)
+    bound = sum(entry.peak for entry in entries)
     if bound <= STACK_WARN_LEVEL:  # cannot exceed the level at any step: skip the per-step sums
         return bound, 1
     base, totals = 0.0, [0.0] * steps
     for entry in entries:
-        per_step = _per_step(entry, steps)
+        per_step = entry.per_step()
         if per_step is None:
-            base += entry[0]
+            base += entry.peak
         else:
             totals = list(map(add, totals, per_step))
     top = max(totals)

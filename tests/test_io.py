@@ -197,3 +197,18 @@ def test_flipped_bytes_never_escape_as_another_exception(tmp_path: Path, positio
             reader(path)
         except LoraFileError as error:
             assert str(path) in str(error)
+
+
+
+@pytest.mark.parametrize("header_length", [0x9428, 0x0580])
+def test_safetensors_whose_header_length_looks_like_a_pickle_opcode(tmp_path: Path, header_length: int) -> None:
+    """Header length 0x9428 starts the file with b"(\\x94", 0x0580 with b"\\x80\\x05": still safetensors."""
+    path = tmp_path / "lookalike.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": ""})
+    base = int.from_bytes(path.read_bytes()[:8], "little")
+    for pad in range(header_length - base - 8, header_length - base + 8):  # the header is 8-byte aligned
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if int.from_bytes(path.read_bytes()[:8], "little") == header_length:
+            break
+    assert int.from_bytes(path.read_bytes()[:8], "little") == header_length
+    assert torch.equal(load_state_dict(path)["w"], torch.zeros(2))

@@ -141,3 +141,10 @@ def test_detect_real_inventories(shared_fixtures) -> None:
         keys = json.loads(path.read_text(encoding="utf-8"))["keys"]
         expected = path.name.split("_")[0]
         assert detect_architecture({k: tuple(v) for k, v in keys.items()}) == expected, path.name
+
+
+def test_detect_old_attention_processor_layout() -> None:
+    """diffusers' old processor keys put "processor." between attn2 and to_k_lora."""
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight"
+    assert detect_architecture({key: (4, 768)}) == "sd15"
+    assert detect_architecture({key: (4, 2048)}) == "sdxl"

@@ -3,6 +3,7 @@ and Gradio 3.41 when ``/tmp/g341`` holds it) the Networks tab edits the host's p
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,10 +50,9 @@ def test_card_click_edits_the_host_prompt(python, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent")
-    port = free_port()
+    port, lora_dir = free_port(), sample_library(tmp_path)
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([python, str(ROOT / "tests" / "helpers_ui.py"), str(sample_library(tmp_path)),
-                               str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    server = subprocess.Popen([python, str(ROOT / "tests" / "helpers_ui.py"), str(lora_dir), str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
         wait_until_up(server, f"http://127.0.0.1:{port}/")
@@ -71,12 +71,23 @@ def test_card_click_edits_the_host_prompt(python, tmp_path) -> None:
             assert page.input_value(prompt) == "a cat, <lora:styles/watercolor:1>, wcstyle"
             card.click()
             assert page.input_value(prompt) == "a cat"
+            save_preferred_weight_in_details(page, lora_dir)
             (ROOT / "test-output").mkdir(exist_ok=True)
             page.screenshot(path=str(ROOT / "test-output" / f"ui-host-{Path(python).parent.parent.name}.png"))
             browser.close()
     finally:
         server.kill()
         server.wait()
+
+
+def save_preferred_weight_in_details(page, lora_dir: Path) -> None:
+    page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="inkwash")).locator(".lsx-details").click()
+    # Gradio 3.41 puts an HTML/Markdown component's elem_id on two nested elements: take the first
+    page.locator("#lsx_details_html", has_text="kohya-ss/sd-scripts").first.wait_for()
+    page.locator("#lsx_weight input").fill("0.7")
+    page.locator("#lsx_save").click()
+    page.locator("#lsx_status", has_text="Saved").first.wait_for()
+    assert json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))["preferred weight"] == 0.7
 
 
 def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90.0) -> None:

@@ -34,6 +34,14 @@ class LoraLinear(nn.Module):
         return self.base(x) + (x @ self.down.T @ self.up.T) * (self.alpha / self.rank)
 
 
+def kohya_key(prefix: str, model: nn.Module, module_path: str) -> str:
+    """kohya's name for a module: ``prefix`` + the path with dots as underscores. transformers 5 names CLIP
+    modules ``encoder.layers...``; kohya files spell them as transformers 4 did (``text_model.encoder...``)."""
+    if type(model).__name__ == "CLIPTextModel" and not module_path.startswith("text_model."):
+        module_path = "text_model." + module_path
+    return prefix + module_path.replace(".", "_")
+
+
 def _targets(model: nn.Module, suffixes: Sequence[str]) -> list[str]:
     return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and name.endswith(suffixes)]
 
@@ -49,7 +57,7 @@ def wrapped(model: nn.Module, prefix: str, suffixes: Sequence[str], rank: int, a
         original = getattr(parent, child)
         lora = LoraLinear(original, rank, alpha, gen)
         setattr(parent, child, lora)
-        swapped[prefix + name.replace(".", "_")] = (parent, child, original, lora)
+        swapped[kohya_key(prefix, model, name)] = (parent, child, original, lora)
     try:
         yield {key: item[3] for key, item in swapped.items()}
     finally:

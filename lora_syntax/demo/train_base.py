@@ -32,7 +32,7 @@ class Budget:
     @classmethod
     def for_mode(cls, quick: bool) -> "Budget":
         if quick:
-            return cls(images=256, vae_steps=30, unet_steps=40, lora_steps=10, batch=16)
+            return cls(images=64, vae_steps=8, unet_steps=8, lora_steps=4, batch=8)
         return cls(images=3000, vae_steps=500, unet_steps=2000, lora_steps=350, batch=32)
 
 

@@ -40,7 +40,8 @@ SIGNATURES: list[Signature] = [
 CONTEXT_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl", 4096: "flux"}
 TEXT_WIDTHS = {768: "sd15", 1024: "sd2"}
 
-_CONTEXT_KEY = re.compile(r"attn2[._](to_[kv])(_lora)?[._]")
+# old diffusers attention-processor files put "processor." between attn2 and to_k_lora
+_CONTEXT_KEY = re.compile(r"attn2[._](?:processor[._])?(to_[kv])(_lora)?[._]")
 _TEXT_KEY = re.compile(r"self_attn[._](q_proj|k_proj|v_proj)|self_attn[._]to_[qkv]_lora")
 # Parameters whose last dimension is the module's input width (2-d down/A factors).
 _INPUT_SIDE = re.compile(r"(lora_down|lora_A|lora\.down|lora_linear_layer\.down|_lora\.down)(\.default)?\.weight$"

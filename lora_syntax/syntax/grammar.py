@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lark import Lark, Token, Transformer
+from lark.parsers.lalr_analysis import Shift
 
 
 
@@ -86,6 +87,105 @@ class ToRaw(Transformer):
 
 
 # The Transformer runs inline (LALR calls it as rules reduce: no tree is built, ~15% faster);
-# ``cache=True`` keeps Lark's grammar analysis in the temp folder, halving import time.
+# ``cache=True`` keeps Lark's grammar analysis in the temp folder, halving import time. No
+# ``propagate_positions``: ToRaw reads tokens' own ``start_pos``, rule positions were never used (-10%).
 PARSER = Lark.open("tags.lark", rel_to=__file__, parser="lalr", lexer="contextual",
-                   propagate_positions=True, maybe_placeholders=False, transformer=ToRaw(), cache=True)
+                   propagate_positions=False, maybe_placeholders=False, transformer=ToRaw(), cache=True)
+
+
+class _Driver:
+    """Lark's LALR tables, contextual-lexer regexps and rule callbacks for ``tags.lark``, run by a tight loop.
+
+    Lark's own loop costs ~6 µs a token (a generator per call, a line counter, error bookkeeping): most
+    of a cold prompt. This one drives the very same tables and callbacks, so a tag it accepts gives what
+    Lark gives; on anything else it returns None and :func:`parse_raw` asks Lark, whose errors (message,
+    column, parser state for the labels) stay the reference. It reads Lark internals: built only when a
+    self-check on sample tags agrees with Lark, else every tag goes to Lark.
+    """
+
+    def __init__(self, lark: Lark) -> None:
+        parser = lark.parser.parser.parser                  # lalr_parser._Parser
+        table = parser.parse_table
+        self.states, self.callbacks = table.states, parser.callbacks
+        self.start, self.end = table.start_states["start"], table.end_states["start"]
+        lexers = lark.parser.lexer.lexers                   # parser state -> BasicLexer
+        self.regexps = {state: tuple(lexer.scanner._mres) for state, lexer in lexers.items()}  # builds them
+        if any(lexer.ignore_types or lexer.callback for lexer in lexers.values()):
+            raise TypeError("ignored terminals or lexer callbacks: not handled by the fast loop")
+
+    def _token(self, state: int, text: str, pos: int) -> Token | None:
+        for regexp in self.regexps[state]:
+            match = regexp.match(text, pos)
+            if match:
+                return Token(match.lastgroup, match.group(0), pos)
+        return None
+
+    def parse(self, text: str):
+        """What ``PARSER.parse(text)`` returns, or None where Lark would raise (or might differ)."""
+        states, callbacks = self.states, self.callbacks
+        state_stack, value_stack = [self.start], []
+        pos, size = 0, len(text)
+        while True:
+            if pos < size:
+                token = self._token(state_stack[-1], text, pos)
+                if token is None:
+                    return None
+                pos += len(token)
+            else:
+                token = Token("$END", "", pos)
+            while True:
+                action = states[state_stack[-1]].get(token.type)
+                if action is None:
+                    return None
+                kind, arg = action
+                if kind is Shift:
+                    if token.type == "$END":
+                        return None
+                    state_stack.append(arg)
+                    value_stack.append(callbacks[token.type](token) if token.type in callbacks else token)
+                    break
+                value = self._reduce(arg, state_stack, value_stack)
+                if token.type == "$END" and state_stack[-1] == self.end:
+                    return value
+
+    def _reduce(self, rule, state_stack: list, value_stack: list):
+        """Pop ``rule``'s children, run its callback (ToRaw, inline) and push the result: Lark's reduce step."""
+        count = len(rule.expansion)
+        children = value_stack[-count:] if count else []
+        if count:
+            del state_stack[-count:], value_stack[-count:]
+        value = self.callbacks[rule](children)
+        state_stack.append(self.states[state_stack[-1]][rule.origin.name][1])
+        value_stack.append(value)
+        return value
+
+
+_SAMPLES = ("<lora:x>", "<lora:styles/ink wash v1.2:0.8>", "<lora:d:te=0.1@1,0.6@6>", "<lyco:l:0.5:0.7:16>",
+            "<lora:r:unet=lerp(0@0,1@0.5)>", "<lora:f:0.6:lbw=OUTD>", "<lora:h:1@25%,0.4@75%:high>",
+            "< LoRA : a b : in=0.2 : mid = .4 , -1e-1@ 3 >", "<lora:>")
+
+
+def _fast_driver() -> _Driver | None:
+    """The fast loop if it reproduces Lark on the samples (a Lark version whose internals moved: None)."""
+    try:
+        driver = _Driver(PARSER)
+        if all(driver.parse(text) == PARSER.parse(text) for text in _SAMPLES):
+            return driver
+    except Exception:  # noqa: BLE001 - any surprise in Lark's internals only turns the fast loop off
+        pass
+    return None
+
+
+_DRIVER = _fast_driver()
+
+
+def parse_raw(text: str) -> RawTag:
+    """``PARSER.parse(text)``, through the fast loop when it accepts the tag; Lark raises the errors."""
+    if _DRIVER is not None:
+        try:
+            found = _DRIVER.parse(text)
+        except Exception:  # noqa: BLE001 - a callback failed: Lark repeats it and wraps it as usual
+            found = None
+        if found is not None:
+            return found
+    return PARSER.parse(text)

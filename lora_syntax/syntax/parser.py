@@ -14,7 +14,7 @@ from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
 from ..errors import LoraSyntaxError
 from .build import TagProblem, build_tag
-from .grammar import PARSER, RawTag
+from .grammar import PARSER, RawTag, parse_raw
 from .model import LoraTag, ParsedPrompt
 from .report import ERROR_EXAMPLES, lark_problem, syntax_error
 
@@ -51,7 +51,7 @@ def _parse_tag(tag_text: str) -> LoraTag | tuple[str, int]:
 
 def _attempt(tag_text: str) -> LoraTag | tuple[str, int]:
     try:
-        raw: RawTag = PARSER.parse(tag_text)
+        raw: RawTag = parse_raw(tag_text)
         return build_tag(raw, tag_text, (0, len(tag_text)))
     except TagProblem as problem:
         return problem.message, problem.pos
