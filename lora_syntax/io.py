@@ -62,6 +62,15 @@ def sniff_pickle(head: bytes) -> str | None:
     return None
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be opened as a file, with what to do instead."""
+    if not path.exists():
+        return "does not exist; check the path and its spelling"
+    if path.is_dir():
+        return "is a folder; give the path of one .safetensors file inside it"
+    return "is not a regular file (a device, pipe or socket); give the path of a .safetensors file"
+
+
 def check_file(path: str | Path) -> Path:
     """Refuse before parsing: missing, not a file, empty, pickle by suffix or by content."""
     path = Path(path)
@@ -69,8 +78,7 @@ def check_file(path: str | Path) -> Path:
         raise pickle_error(path, f"is a {path.suffix} pickle checkpoint")
     try:
         if not path.is_file():
-            what = "does not exist" if not path.exists() else "is not a regular file"
-            raise LoraFileError(f"LoRA file '{path}' {what}.", path=path)
+            raise LoraFileError(f"LoRA file '{path}' {_not_a_file(path)}.", path=path)
         size = path.stat().st_size
         with path.open("rb") as handle:
             head = handle.read(16)

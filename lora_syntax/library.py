@@ -284,6 +284,10 @@ class LoraLibrary:
         folders = ", ".join(f"'{folder}'" for folder in self.folders) or "(no folders configured)"
         hint = (" Closest names: " + ", ".join(repr(s) for s in suggestions) + "." if suggestions
                 else f" {len(entries)} LoRA files are there.")
+        missing = [folder for folder in self.folders if not folder.is_dir()]
+        if missing:  # a mistyped folder setting, not a mistyped name
+            hint += (" Not a folder (missing?): " + ", ".join(f"'{folder}'" for folder in missing)
+                     + "; check the LoRA folder setting.")
         return LoraNameError(f"No LoRA named {name!r} in {folders}.{hint}", name=name, candidates=suggestions)
 
     # -- metadata and loading -----------------------------------------------------------------
@@ -302,7 +306,12 @@ class LoraLibrary:
                 stamp.append((suffix, stat.st_mtime_ns, stat.st_size))
             except OSError:
                 pass
-        stat = entry.path.stat()
+        try:
+            stat = entry.path.stat()
+        except OSError as error:  # deleted or moved since the folder scan
+            raise LoraFileError(f"LoRA file '{entry.path}' cannot be read: {error.strerror or error}; "
+                                "it may have been moved or deleted since the folders were scanned.",
+                                path=entry.path) from error
         key = (*stamp, stat.st_mtime_ns, stat.st_size)
         with self._lock:
             if key not in self._infos:

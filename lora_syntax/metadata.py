@@ -120,8 +120,9 @@ def parse_tag_frequency(raw: str | None) -> tuple[list[str], dict[str, int]]:
             folders.append(name)
         if isinstance(tags, dict):
             for tag, count in tags.items():
-                if isinstance(count, (int, float)) and str(tag).strip():
-                    counts[str(tag).strip()] += int(count)
+                number = _float(count) if isinstance(count, (int, float)) else None  # NaN/Infinity are JSON too
+                if number is not None and str(tag).strip():
+                    counts[str(tag).strip()] += int(number)
     return folders, dict(counts)
 
 

@@ -22,28 +22,24 @@ def _points(schedule: Schedule, steps: int) -> list[tuple[int, float]]:
 
 
 def _switch(points: list[tuple[int, float]], steps: int) -> tuple[float, ...]:
-    values = []
-    index, current = 0, 0.0
-    for step in range(1, steps + 1):
-        while index < len(points) and points[index][0] <= step:
-            current = points[index][1]
-            index += 1
-        values.append(current)
+    """Each keyframe's value from its step to the next keyframe's, filled a run at a time (not step by step)."""
+    values: list[float] = []
+    current = 0.0
+    for step, value in points:
+        if step > steps:
+            break
+        values.extend([current] * (step - 1 - len(values)))
+        current = value
+    values.extend([current] * (steps - len(values)))
     return tuple(values)
 
 
 def _lerp(points: list[tuple[int, float]], steps: int) -> tuple[float, ...]:
-    values = []
-    for step in range(1, steps + 1):
-        if step < points[0][0]:
-            values.append(0.0)
-            continue
-        after = next((i for i, (k, _) in enumerate(points) if k > step), None)
-        if after is None:
-            values.append(points[-1][1])
-            continue
-        (k0, v0), (k1, v1) = points[after - 1], points[after]
-        values.append(v0 + (v1 - v0) * (step - k0) / (k1 - k0))
+    """0 before the first keyframe, a line between neighbours, the last value after: one segment at a time."""
+    values = [0.0] * min(points[0][0] - 1, steps)
+    for (k0, v0), (k1, v1) in zip(points, points[1:]):
+        values.extend(v0 + (v1 - v0) * (step - k0) / (k1 - k0) for step in range(k0, min(k1, steps + 1)))
+    values.extend([points[-1][1]] * (steps - len(values)))
     return tuple(values)
 
 
@@ -84,7 +80,14 @@ def _switch_changes(points: list[tuple[int, float]], steps: int):
 
 
 def peak(schedule: Schedule, steps: int) -> float:
-    """The largest |weight| over steps 1..``steps``; a constant needs no expansion."""
+    """The largest |weight| over steps 1..``steps``; a constant or a switch needs no expansion (a switch
+    takes the values of its keyframes inside the run, and 0 before the first)."""
     if schedule.is_constant:
         return abs(schedule.keyframes[0].value)
-    return max(map(abs, resolve(schedule, steps)))
+    if schedule.interpolation == "lerp":
+        return max(map(abs, resolve(schedule, steps)))
+    points = _points(schedule, steps)
+    reached = [abs(value) for step, value in points if step <= steps]
+    if points[0][0] > 1:
+        reached.append(0.0)
+    return max(reached)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from pathlib import Path
 
@@ -55,11 +54,6 @@ def sample_library(folder: Path) -> Path:
     make_lora(folder / "xl", "neon_xl", base="sdxl_base_v1-0", words="neon", tags={"neon": 4})
     make_lora(folder, HOSTILE, words="hostile", tags={"<script>alert(2)</script>": 1})
     return folder
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ def render():
     from lora_syntax.demo.model import load_pipeline
     from lora_syntax.hosts.diffusers import activate
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # tiny tensors: a second thread only thrashes on a busy 2-core CPU
     pipe = load_pipeline(MODEL_DIR)
 
     def _render(prompt: str, seeds=SEEDS) -> list[np.ndarray]:

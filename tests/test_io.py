@@ -163,7 +163,7 @@ def test_header_claims_more_data_than_the_file_has(tmp_path: Path) -> None:
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     refused(tmp_path / "missing.safetensors", "does not exist")
     (tmp_path / "dir.safetensors").mkdir()
-    refused(tmp_path / "dir.safetensors", "not a regular file")
+    refused(tmp_path / "dir.safetensors", "is a folder; give the path of one .safetensors file")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads unreadable files")

@@ -176,3 +176,16 @@ def test_info_is_lazy_and_follows_sidecar_edits(library: LoraLibrary, folder: Pa
     (folder / "styles" / "watercolor.json").write_text('{"activation text": "dry paper"}')  # same size
     os.utime(folder / "styles" / "watercolor.json", ns=(1, 1))  # and a distinct mtime even on coarse clocks
     assert library.info("watercolor").trigger_words == ("dry paper",)
+
+
+def test_info_of_a_file_deleted_after_the_scan_names_it(library: LoraLibrary, folder: Path) -> None:
+    entry = library.resolve("watercolor")
+    (folder / "styles" / "watercolor.safetensors").unlink()
+    with pytest.raises(LoraFileError, match=r"watercolor\.safetensors.*moved or deleted"):
+        library.info(entry)
+
+
+def test_unknown_name_in_a_missing_folder_says_the_folder_is_missing(tmp_path: Path) -> None:
+    library = LoraLibrary([tmp_path / "no such folder"])
+    with pytest.raises(LoraNameError, match=r"Not a folder \(missing\?\): '.*no such folder'"):
+        library.resolve("ink")

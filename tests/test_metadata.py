@@ -202,3 +202,9 @@ def test_real_files(shared_fixtures: Path, name: str, dialect: str) -> None:
     info = read_info(shared_fixtures / "real-loras" / f"{name}.safetensors")
     assert (info.format, info.rank, info.adapter_types) == (dialect, 4, ("lora",))
     assert info.trigger_words == () and info.preview is None
+
+
+def test_tag_frequency_with_nan_or_infinite_counts_skips_them() -> None:
+    """JSON allows NaN/Infinity; a broken trainer's counts must not crash read_info."""
+    folders, counts = parse_tag_frequency('{"10_ink": {"ink": 3, "wash": Infinity, "dry": NaN, "wet": -Infinity}}')
+    assert folders == ["ink"] and counts == {"ink": 3}

@@ -104,3 +104,21 @@ def test_format_then_parse_gives_an_equal_plan(text: str, steps: int, architectu
                              ("transformer_2", "OUT08"), ("unet", None)):
         assert first.weights(component, block) == second.weights(component, block)
     assert first.change_points == second.change_points and first.is_zero == second.is_zero
+
+
+@FAST
+@given(st.one_of(tag_text(), st.text(alphabet=TAGGY, max_size=40).map(lambda body: "<lora:" + body + ">")))
+def test_fast_lalr_loop_agrees_with_lark(text: str) -> None:
+    """The fast loop over Lark's tables gives Lark's result, and declines (None) only where Lark fails."""
+    from lark.exceptions import LarkError
+
+    from lora_syntax.syntax import grammar
+
+    assert grammar._DRIVER is not None  # the installed Lark passes the self-check
+    fast = grammar._DRIVER.parse(text)
+    try:
+        expected = grammar.PARSER.parse(text)
+    except LarkError:
+        assert fast is None
+    else:
+        assert fast == expected

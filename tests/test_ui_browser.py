@@ -26,29 +26,32 @@ def lora_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """The demo model when its kit is built, else the tiny SD1.5 pipeline saved to disk."""
+def generation(tmp_path_factory, lora_dir) -> tuple[Path, list[Path], str]:
+    """(model folder, LoRA folders, a LoRA name) for Generate: the demo model and one of its LoRAs when the
+    demo kit is built, else the tiny SD1.5 pipeline saved to disk and the sample 'inkwash' (which fits it)."""
     from lora_syntax import demo
 
-    if (Path(demo.MODEL_DIR) / "model_index.json").is_file():
-        return Path(demo.MODEL_DIR)
+    demo_loras = sorted(Path(demo.LORA_DIR).glob("*.safetensors")) if Path(demo.LORA_DIR).is_dir() else []
+    if (Path(demo.MODEL_DIR) / "model_index.json").is_file() and demo_loras:
+        return Path(demo.MODEL_DIR), [Path(demo.LORA_DIR)], demo_loras[0].stem
     from lora_syntax.testing.tiny import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("model")
     tiny_pipeline("sd15").save_pretrained(folder)
-    return folder
+    return folder, [lora_dir], "inkwash"
 
 
 @pytest.fixture(scope="module")
-def server(lora_dir, model_dir):
+def server(lora_dir, generation):
     from lora_syntax.library import LoraLibrary
-    from ui import compat
-    from ui.app import Generator, build_app
+    from ui.app import Generator, build_app, launch
 
-    blocks = build_app(LoraLibrary([lora_dir]), Generator(model_dir, [lora_dir]))
-    blocks.queue()
+    model_dir, generation_dirs, _ = generation
+    library = LoraLibrary([lora_dir])
+    shared = library if generation_dirs == [lora_dir] else None  # the demo LoRAs get their own library
+    blocks = build_app(library, Generator(model_dir, generation_dirs, shared))
     port = free_port()
-    blocks.launch(**compat.launch_kwargs("127.0.0.1", port))
+    launch(blocks, "127.0.0.1", port)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
 
@@ -186,17 +189,20 @@ def test_plan_view_updates_as_you_type_and_shows_error_column(page) -> None:
     plan.locator(f"text=column {column}:").wait_for()
 
 
-def test_generate_shows_image_and_plan(page) -> None:
-    pytest.importorskip("lora_syntax.hosts.diffusers", reason="the engine's hosts/diffusers.py is not there yet")
-    page.locator(PROMPT).fill("a photo of a cat <lora:inkwash:0.8>")
+def test_generate_shows_image_and_plan(page, generation) -> None:
+    name = generation[2]
+    page.locator(PROMPT).fill(f"a photo of a cat <lora:{name}:0.8>")
     for slider, value in (("#lsx_steps", "3"), ("#lsx_width", "64"), ("#lsx_height", "64")):
         page.locator(f"{slider} input[type=number]").fill(value)
         page.locator(f"{slider} input[type=number]").press("Enter")
     page.locator("#lsx_generate").click()
     page.locator("#lsx_gen_status", has_text="Done").wait_for(timeout=90_000)
     assert page.locator("#lsx_image img").count() == 1
-    assert "inkwash" in page.locator("#lsx_gen_status").inner_text()
-    assert "0.8" in page.locator("#lsx_plan").inner_text()
+    assert name in page.locator("#lsx_gen_status").inner_text()
+    assert "1-3: 0.8" in page.locator("#lsx_plan").inner_text()
+    page.locator(PROMPT).fill("a cat <lora:no such lora:1>")
+    page.locator("#lsx_generate").click()
+    page.locator("#lsx_gen_status", has_text="No LoRA named 'no such lora'").wait_for(timeout=30_000)
 
 
 def test_refresh_finds_new_files(page, lora_dir) -> None:

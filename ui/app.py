@@ -17,9 +17,12 @@ from typing import Any
 from lora_syntax.errors import LoraError
 
 from . import compat
+from .cards import esc
 from .networks import NetworksModel, build_networks_tab
 from .plan_view import plan_view
 
+# Small demo images are shown scaled up with hard pixels rather than as a blurred thumbnail.
+APP_CSS = "#lsx_image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 HELP = "start the web UI (prompt, plan view, Networks tab, generation) on localhost"
 DEFAULT_PORT = 7861
 
@@ -55,12 +58,23 @@ def folder_architecture(model_dir: Path) -> str | None:
     return architecture_of(str(index.get("_class_name", "")), width)
 
 
+def native_size(model_dir: Path, default: int = 512) -> int:
+    """The image side a saved SD pipeline was trained at: UNet sample size x the VAE's downscale factor."""
+    try:
+        unet = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((model_dir / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 class Generator:
     """Loads the pipeline on first use (so the UI starts fast) and runs one generation at a time."""
 
-    def __init__(self, model_dir: Path, lora_dirs: Sequence[Path]) -> None:
+    def __init__(self, model_dir: Path, lora_dirs: Sequence[Path], library: Any = None) -> None:
         self.model_dir = Path(model_dir)
         self.lora_dirs = [Path(d) for d in lora_dirs]
+        self.library = library  # shared with the Networks tab, so both see the same scan
         self.pipe: Any = None
         self.lock = threading.Lock()
 
@@ -94,13 +108,15 @@ class Generator:
             steps = int(steps)
             negative_parsed = parse(negative or "", on_error="skip")
             started = time.perf_counter()
-            with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps) as run:
+            negative = negative_parsed.prompt or None
+            with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps, negative_prompt=negative,
+                          library=self.library) as run:
                 def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
                     tensors = run.callback(pipeline, step, timestep, tensors) if run.callback else tensors
                     if progress is not None:
                         progress((step + 1, steps), desc=f"step {step + 1}/{steps}")
                     return tensors
-                result = pipe(run.prompt, negative_prompt=negative_parsed.prompt or None, num_inference_steps=steps,
+                result = pipe(run.prompt, negative_prompt=negative, num_inference_steps=steps,
                               width=int(width), height=int(height),
                               generator=torch.Generator("cpu").manual_seed(int(seed)),
                               callback_on_step_end=on_step,
@@ -109,8 +125,8 @@ class Generator:
             if negative_parsed.tags or negative_parsed.errors:
                 warnings.append("LoRA tags in the negative prompt are not applied by this app; they were removed")
             seconds = time.perf_counter() - started
-        names = ", ".join(f"`{lora.name}`" for lora in run.plan.loras) or "none"
-        notes = "".join(f"\n- {w}" for w in warnings)
+        names = ", ".join(esc(lora.name) for lora in run.plan.loras) or "none"  # Markdown shows HTML: escape
+        notes = "".join(f"\n- {esc(w)}" for w in warnings)
         return result.images[0], f"Done in {seconds:.1f} s · LoRAs: {names}{notes}"
 
 
@@ -119,8 +135,9 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
     import gradio as gr
 
     model_arch = generator.architecture if generator else (lambda: None)
+    size = native_size(generator.model_dir) if generator else 512
     networks = NetworksModel(library, model_architecture=model_arch)
-    with gr.Blocks(title=title, analytics_enabled=False) as blocks:
+    with gr.Blocks(title=title, analytics_enabled=False, **compat.blocks_kwargs(APP_CSS)) as blocks:
         gr.Markdown("## lora-syntax")
         with gr.Row():
             with gr.Column(scale=3):
@@ -130,8 +147,8 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="lsx_steps")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="lsx_seed")
-                    width = gr.Slider(64, 1024, value=512, step=64, label="Width", elem_id="lsx_width")
-                    height = gr.Slider(64, 1024, value=512, step=64, label="Height", elem_id="lsx_height")
+                    width = gr.Slider(32, 1536, value=size, step=8, label="Width", elem_id="lsx_width")
+                    height = gr.Slider(32, 1536, value=size, step=8, label="Height", elem_id="lsx_height")
             with gr.Column(scale=2):
                 go = gr.Button("Generate", variant="primary", elem_id="lsx_generate")
                 image = gr.Image(label="Image", type="pil", interactive=False, elem_id="lsx_image", height=420)
@@ -157,10 +174,16 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
             try:
                 return generator.generate(p, n, s, sd, w, h, progress)
             except LoraError as error:
-                return None, f"**Error:** {error}"
+                return None, f"**Error:** {esc(error)}"
 
         go.click(run_generation, [prompt, negative, steps, seed, width, height], [image, status])
     return blocks
+
+
+def launch(blocks: Any, host: str, port: int) -> None:
+    """Serve ``blocks`` in the background (queue on: progress bars need it)."""
+    blocks.queue()
+    blocks.launch(**compat.launch_kwargs(host, port, css=APP_CSS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,10 +198,11 @@ def run(args: argparse.Namespace) -> int:
         lora_dirs = lora_dirs or [demo.LORA_DIR]
     for folder in lora_dirs:
         if not Path(folder).is_dir():
-            raise LoraError(f"LoRA folder '{folder}' does not exist; pass --lora-dir with an existing folder.")
-    blocks = build_app(LoraLibrary(lora_dirs), Generator(model_dir, lora_dirs))
-    blocks.queue()
-    blocks.launch(**compat.launch_kwargs(args.host, args.port))
+            raise LoraError(f"LoRA folder '{folder}' does not exist; pass --lora-dir with an existing folder "
+                            "(without --lora-dir the demo kit's LoRAs are used: build the demo kit first).")
+    library = LoraLibrary(lora_dirs)
+    blocks = build_app(library, Generator(model_dir, lora_dirs, library))
+    launch(blocks, args.host, args.port)
     print(f"lora-syntax UI on http://{args.host}:{args.port}/ (Ctrl+C to stop)", flush=True)
     try:
         while True:

@@ -42,10 +42,17 @@ def hidden_kwargs() -> dict[str, Any]:
     return {"elem_classes": ["lsx-hidden"]}
 
 
-def launch_kwargs(host: str, port: int) -> dict[str, Any]:
-    """``launch()`` arguments valid for the installed Gradio."""
+def blocks_kwargs(css: str) -> dict[str, Any]:
+    """``gr.Blocks()`` arguments: page CSS goes here up to Gradio 5 (6 moved it to ``launch()``)."""
+    return {"css": css} if gradio_major() < 6 else {}
+
+
+def launch_kwargs(host: str, port: int, css: str = "") -> dict[str, Any]:
+    """``launch()`` arguments valid for the installed Gradio (not blocking: the caller waits)."""
     kwargs: dict[str, Any] = {"server_name": host, "server_port": port, "inbrowser": False,
                               "prevent_thread_lock": True, "quiet": True}
     if gradio_major() < 4:
         kwargs.pop("quiet")
+    if css and gradio_major() >= 6:
+        kwargs["css"] = css
     return kwargs

@@ -14,7 +14,7 @@ from typing import Any
 from lora_syntax.errors import LoraError
 
 from . import compat
-from .cards import ARCH_LABELS, SORTS, Card, card_from_entry, render_cards, render_details, select
+from .cards import ARCH_LABELS, SORTS, Card, card_from_entry, esc, render_cards, render_details, select
 
 ARCH_CHOICES = ["all", *ARCH_LABELS, "unknown"]
 STANDALONE_TARGETS = ("lora_syntax_prompt", "lora_syntax_negative")
@@ -65,9 +65,9 @@ class NetworksModel:
         try:
             card, info = self.card(name)
         except LoraError as error:
-            return "", "", 0.0, "", "", f"**Error:** {error}"
+            return "", "", 0.0, "", "", f"**Error:** {esc(error)}"
         if info is None:
-            return render_details(card, None), "", 0.0, "", "", f"**Unusable:** {card.problem}"
+            return render_details(card, None), "", 0.0, "", "", f"**Unusable:** {esc(card.problem)}"
         return (render_details(card, info), info.activation_text, float(info.preferred_weight or 0.0),
                 info.negative_text, info.notes, "")
 
@@ -85,8 +85,8 @@ class NetworksModel:
                                         preferred_weight=float(preferred_weight or 0.0),
                                         negative_text=negative_text or "", notes=notes or "")
         except (LoraError, OSError, ValueError) as error:
-            return f"**Error:** {error}"
-        return f"Saved `{target.name}`."
+            return f"**Error:** {esc(error)}"
+        return f"Saved {esc(target.name)}."
 
 
 @dataclass(frozen=True)

@@ -45,5 +45,5 @@ def plan_view(prompt: str, steps: int, architecture: str | None = None) -> tuple
         return "".join(parts) + f'<div class="lsx-plan-error" style="{ERROR_STYLE}">{esc(error)}</div>', None
     if not parsed.errors:
         parts.append(f'<div class="lsx-plan-ok" style="{OK_STYLE}">{len(plan.loras)} LoRA tag(s), no syntax errors</div>')
-    parts.append(f'<pre class="lsx-plan-table">{esc(table(plan))}</pre>')
+    parts.append(f'<pre class="lsx-plan-table" style="white-space:pre-wrap">{esc(table(plan))}</pre>')
     return f'<div class="lsx-plan">{"".join(parts)}</div>', plan_plot(plan)

@@ -28,7 +28,7 @@ def _load_kit():
     if not (MODEL_DIR / "model_index.json").is_file():
         raise LoraError(f"the demo model is missing at {MODEL_DIR}; rebuild it with "
                         "`python tools/train_demo.py` (about 30 minutes on a 2-core CPU).")
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # tiny tensors: a second thread only thrashes on a busy 2-core CPU
     return load_pipeline(MODEL_DIR), LORA_DIR
 
 

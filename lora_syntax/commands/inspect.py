@@ -89,6 +89,9 @@ def report(path: Path, requested: str | None) -> dict[str, Any]:
     from ..metadata import read_info
 
     header = read_header(path)
+    if not header.shapes:  # otherwise reported as "architecture not detected", which sends users to --arch
+        raise LoraFileError(f"LoRA file '{path}' holds no tensors: it is empty or was saved incompletely; "
+                            "download or export it again.", path=path)
     info = read_info(path, header=header)
     architecture = choose_architecture(path, info.architecture, requested)
     result: dict[str, Any] = {

@@ -90,7 +90,7 @@ def fit_lora(pipe, images: torch.Tensor, captions: list[str], loras: dict[str, L
     start = time.time()
     for step in range(budget.lora_steps):
         _cosine_lr(opt, lr, step, budget.lora_steps, warmup=20)
-        index = torch.randint(0, len(images), (budget.batch,), generator=gen)
+        index = torch.randint(0, len(images), (budget.lora_batch,), generator=gen)
         noisy, t, noise = noisy_batch(latents, index, pipe.vae.config.scaling_factor, scheduler, gen)
         pred = pipe.unet(noisy, t, pipe.text_encoder(ids[index])[0]).sample
         loss = (pred - noise).pow(2).mean()

@@ -71,10 +71,9 @@ def train_lora(pipe, recipe: LoraRecipe, budget: Budget, seed: int, out: Path, l
     images, captions = _lora_data(recipe, rng, max(64, budget.images // 4))
     card = recipe.card
     log(f"lora {card.name}: {len(captions)} images")
+    te_targets = TE_TARGETS if recipe.train_te else ()
     with wrapped(pipe.unet, "lora_unet_", UNET_TARGETS, card.rank, card.alpha, gen) as loras:
-        te_loras: dict = {}
-        with wrapped(pipe.text_encoder, "lora_te_", TE_TARGETS if recipe.train_te else (), card.rank, card.alpha,
-                     gen) as te_loras:
+        with wrapped(pipe.text_encoder, "lora_te_", te_targets, card.rank, card.alpha, gen) as te_loras:
             both = {**loras, **te_loras}
             fit_lora(pipe, images, captions, both, budget, gen, log)
             preview = strip([sample(pipe, recipe.preview_prompt, seed=s) for s in range(3)], scale=4)
@@ -84,10 +83,8 @@ def train_lora(pipe, recipe: LoraRecipe, budget: Budget, seed: int, out: Path, l
     return write_lora(out, card, tensors, meta, preview)
 
 
-def train_kit(out: Path, *, seed: int = 0, quick: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Build the whole kit into ``out`` (``model/`` and ``loras/``); returns a summary with timings."""
-    torch.set_num_threads(1)  # on a shared 2-core CPU two threads thrash: 1 thread was 3-10x faster
-    budget, started = Budget.for_mode(quick), time.time()
+def train_base(out: Path, budget: Budget, seed: int, log: Callable[[str], None]) -> None:
+    """Generate the base data set, train VAE, text encoder and UNet, and save them to ``out/model``."""
     rng, gen = _seeded(seed)
     images_np, captions = data.make_dataset(rng, budget.images)
     images = torch.from_numpy(images_np)
@@ -97,15 +94,33 @@ def train_kit(out: Path, *, seed: int = 0, quick: bool = False, log: Callable[[s
     model_dir = out / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     parts.save_pipeline(model_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
-    base_done = time.time() - started
-    pipe = parts.load_pipeline(model_dir)
+
+
+def train_loras(out: Path, budget: Budget, seed: int, log: Callable[[str], None]) -> None:
+    """Train every recipe on the frozen model in ``out/model``; each LoRA has its own seed (seed + 1 + i),
+    so this phase gives the same files whether or not the base was trained in the same process."""
+    pipe = parts.load_pipeline(out / "model")
     for module in (pipe.unet, pipe.text_encoder, pipe.vae):
         module.requires_grad_(False)
     for index, recipe in enumerate(RECIPES):
         train_lora(pipe, recipe, budget, seed + 1 + index, out / "loras", log)
+
+
+def train_kit(out: Path, *, seed: int = 0, quick: bool = False, loras_only: bool = False,
+              log: Callable[[str], None] = print) -> dict:
+    """Build the kit into ``out`` (``model/`` and ``loras/``); returns a summary with timings."""
+    torch.set_num_threads(1)  # on a shared 2-core CPU two threads thrash: 1 thread was 3-10x faster
+    budget, started = Budget.for_mode(quick), time.time()
+    if not loras_only:
+        train_base(out, budget, seed, log)
+    base_done = time.time() - started
+    train_loras(out, budget, seed, log)
     summary = {"seed": seed, "quick": quick, "budget": asdict(budget), "base_seconds": round(base_done),
-               "total_seconds": round(time.time() - started)}
-    (out / "TRAINING.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+               "lora_seconds": round(time.time() - started - base_done)}
+    previous = out / "TRAINING.json"
+    if loras_only and previous.is_file():
+        summary["base_seconds"] = json.loads(previous.read_text()).get("base_seconds")
+    previous.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -114,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the lora-syntax demo kit from a seed.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=KIT_DIR)
-    parser.add_argument("--quick", action="store_true", help="tiny budget: a smoke run in a minute or two")
+    parser.add_argument("--quick", action="store_true", help="tiny budget: a smoke run in under a minute")
+    parser.add_argument("--loras-only", action="store_true",
+                        help="keep OUT/model and retrain only the LoRAs (same files as a full run)")
     args = parser.parse_args(argv)
-    summary = train_kit(args.out, seed=args.seed, quick=args.quick, log=lambda m: print(m, flush=True))
+    if args.loras_only and not (args.out / "model" / "model_index.json").is_file():
+        parser.error(f"--loras-only: no model at {args.out / 'model'}; run without --loras-only first")
+    summary = train_kit(args.out, seed=args.seed, quick=args.quick, loras_only=args.loras_only,
+                        log=lambda m: print(m, flush=True))
     print(json.dumps(summary))
     return 0

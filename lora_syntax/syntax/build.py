@@ -9,11 +9,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import replace
 
 from .. import blocks
 from .grammar import RawArg, RawItem, RawTag
-from .model import BlockWeights, Keyframe, LoraTag, Schedule
+from .model import BlockWeights, Keyframe, LoraTag, Schedule, frozen
 
 WEIGHT_KEYS = ("te", "unet", "in", "mid", "out", "hr", "hrte", "hrunet")
 KEYS = (*WEIGHT_KEYS, "dyn", "module", "lbw")
@@ -53,6 +52,11 @@ def _number(item: RawItem, what: str) -> float:
     return value
 
 
+def _frame(value: float, at: float, unit: str) -> Keyframe:
+    """A checked keyframe, built without the dataclass ``__init__`` (see ``model.frozen``)."""
+    return frozen(Keyframe, {"value": value, "at": at, "unit": unit})
+
+
 def _keyframe(item: RawItem, what: str) -> Keyframe:
     value = _number(item, what)
     at = item.at or ""
@@ -61,13 +65,13 @@ def _keyframe(item: RawItem, what: str) -> Keyframe:
         if not 0.0 <= percent <= 100.0:
             raise TagProblem(f"bad schedule for {what}: {at}% is not between 0% and 100%", item.at_pos,
                              "bad schedule")
-        return Keyframe(value, percent, "percent")
+        return _frame(value, percent, "percent")
     if _STEP.fullmatch(at):
-        return Keyframe(value, float(int(at)), "step")
+        return _frame(value, float(int(at)), "step")
     if "." in at and "e" not in at.lower() and not at.startswith(("-", "+")):
         fraction = float(at)
         if fraction <= 1.0:
-            return Keyframe(value, fraction, "fraction")
+            return _frame(value, fraction, "fraction")
     raise TagProblem(f"bad schedule for {what}: '@{at}' is not a step (1, 2...), a fraction of the run "
                      f"(0.0-1.0) or a percentage (50%)", item.at_pos, "bad schedule")
 
@@ -94,7 +98,7 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
         if len(call.items) < 2 or any(i.kind != "keyframe" for i in call.items):
             raise TagProblem(f"bad schedule for {what}: lerp() needs two or more keyframes like "
                              f"lerp(0@0,1@10)", call.pos, "bad schedule")
-        return replace(inner, interpolation="lerp")
+        return frozen(Schedule, {"keyframes": inner.keyframes, "interpolation": "lerp"})
     if len(items) == 1 and items[0].kind == "number":
         return Schedule.constant(_number(items[0], what))
     frames = []
@@ -107,7 +111,7 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
                              item.pos, "bad number")
         frames.append(_keyframe(item, what))
     _check_order(frames, items, what)
-    return Schedule(tuple(frames))
+    return frozen(Schedule, {"keyframes": tuple(frames)})
 
 
 def _dyn(items: tuple[RawItem, ...]) -> int:
@@ -207,4 +211,4 @@ def build_tag(raw: RawTag, text: str, span: tuple[int, int]) -> LoraTag:
             index = _positional(arg, index, fields, seen)
         else:
             _named(arg, fields, seen)
-    return LoraTag(name=name, text=text, span=span, kind=raw.kind, **fields)  # type: ignore[arg-type]
+    return LoraTag.build({"name": name, "text": text, "span": span, "kind": raw.kind, **fields})

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Literal, Union
 
 from ..errors import LoraSyntaxError
 
 Unit = Literal["step", "fraction", "percent"]
+
+
+def frozen(cls, values: dict):
+    """An instance of the frozen dataclass ``cls`` from ``values`` (every field without a default), built
+    without the generated ``__init__``, which pays an ``object.__setattr__`` per field: for records the
+    parser builds by the dozen per prompt from already-checked values."""
+    made = object.__new__(cls)
+    made.__dict__.update(_DEFAULTS[cls])
+    made.__dict__.update(values)
+    return made
 
 
 @dataclass(frozen=True)
@@ -45,11 +55,16 @@ class Schedule:
 
     @property
     def is_constant(self) -> bool:
-        return len(self.keyframes) == 1 and self.keyframes[0].at is None and self.interpolation == "switch"
+        """One plain number (memoised like the hash: planning asks it of every schedule several times)."""
+        found = self.__dict__.get("_constant")
+        if found is None:
+            found = len(self.keyframes) == 1 and self.keyframes[0].at is None and self.interpolation == "switch"
+            object.__setattr__(self, "_constant", found)
+        return found
 
     @classmethod
     def constant(cls, value: float) -> "Schedule":
-        return cls((Keyframe(float(value)),))
+        return frozen(cls, {"keyframes": (frozen(Keyframe, {"value": float(value)}),)})
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,13 @@ class LoraTag:
             object.__setattr__(self, "_content", found)
         return found
 
+    @classmethod
+    def build(cls, values: dict) -> "LoraTag":
+        """A tag from checked field values (``frozen``): the parser's fast path, unknown fields refused."""
+        if not values.keys() <= _DEFAULTS[cls].keys() | {"name", "text", "span"}:
+            raise TypeError(f"unknown LoraTag fields: {sorted(values.keys() - _DEFAULTS[cls].keys())}")
+        return frozen(cls, values)
+
     def with_position(self, text: str, span: tuple[int, int]) -> "LoraTag":
         """The same tag found at another place of a prompt (parsed tags are cached by text)."""
         self.content_key()  # memoise before copying, so every copy shares it
@@ -106,6 +128,8 @@ class LoraTag:
 
 
 _CONTENT_FIELDS = tuple(f.name for f in fields(LoraTag) if f.name not in ("text", "span"))
+_DEFAULTS = {cls: {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+             for cls in (Keyframe, Schedule, LoraTag)}
 Weight = Union[Schedule, None]
 
 
