@@ -16,11 +16,14 @@ from pathlib import Path
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
 
 
-def missing_requirements(path: Path = REQUIREMENTS) -> list[str]:
-    """The lines of ``requirements.txt`` whose package is not installed (versions are not forced)."""
+def missing_requirements(path: Path = REQUIREMENTS, *, optional: bool = False) -> list[str]:
+    """The lines of ``requirements.txt`` whose package is not installed (versions are not forced);
+    ``optional=True`` gives the lines marked ``# optional`` instead of the required ones."""
     missing = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        requirement = line.split("#", 1)[0].strip()
+        requirement, _, comment = (part.strip() for part in line.partition("#"))
+        if comment.startswith("optional") != optional:
+            continue
         if not requirement:
             continue
         package = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
@@ -44,9 +47,14 @@ def main() -> int:
     if needed:
         print(f"lora-syntax: installing {', '.join(needed)}")
         install(needed)
+    for extra in missing_requirements(optional=True):
+        try:
+            install([extra])
+        except subprocess.CalledProcessError:
+            print(f"lora-syntax: optional {extra} could not be installed; carrying on without it")
     return 0
 
 
-if __name__ in ("__main__", "install"):
-    # A1111/SD.Next import this file as a module named "install"; standalone runs it as __main__.
-    main()
+if __name__ == "__main__":
+    # A1111 and SD.Next run an extension's install.py as a script; importing it installs nothing.
+    sys.exit(main())

@@ -66,14 +66,16 @@ def _check_shape(adapter: Adapter, params: ModuleParams, tree: ModelTree, name: 
     """Compute the delta's shape on the ``meta`` device and compare it with the module's weight."""
     target = params.target
     info = tree.get(target.component, target.module)
-    key = params.source_keys[0] if params.source_keys else target.module
-    where = f"LoRA '{name}', key '{key}' -> {target.component}.{target.module}"
+    keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
+    where = f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
     try:
         delta = adapter.to("meta").delta(torch.empty(info.weight_shape, device="meta"))
         bias = adapter.bias_delta()
     except (LoraShapeError, RuntimeError, ValueError) as err:
+        detail = "" if isinstance(err, LoraShapeError) else f" ({err})"  # the adapter's text repeats ours
         raise LoraShapeError(f"{where}: the module's weight has shape {info.weight_shape} but the file has "
-                             f"{_shapes_of(params)}; the LoRA was made for another model ({err})", path=path) from err
+                             f"{_shapes_of(params)}; the LoRA was made for another model{detail}.",
+                             path=path) from err
     if tuple(delta.shape) != info.weight_shape:
         raise LoraShapeError(f"{where}: expected a change of shape {info.weight_shape}, found "
                              f"{tuple(delta.shape)} (from {_shapes_of(params)})", path=path)

@@ -81,6 +81,7 @@ class _Slot:
     current: tuple[float, ...] | None = None
     extra_bytes: int = 0
     cached: bool = False
+    pristine: bool = True                   # the module holds its original weights
 
     @property
     def touched(self) -> bool:
@@ -185,6 +186,7 @@ class Patcher:
             slot = _Slot(stack, module)
             if previous is not None and previous.module is module:
                 slot.backup_weight, slot.backup_bias = previous.backup_weight, previous.backup_bias
+                slot.pristine = previous.pristine
                 if previous.stack == stack:
                     slot.current = previous.current
             self._slots[key] = slot
@@ -211,7 +213,9 @@ class Patcher:
                 self._make_backups()
                 for slot in self._slots.values():
                     weights = slot.stack.weights_at(step)
-                    if weights != slot.current:
+                    if slot.pristine and not any(weights):
+                        slot.current = weights  # all terms at 0: the original weights are already there
+                    elif weights != slot.current:
                         self._write(slot, weights)
                         changed += 1
         except BaseException as err:
@@ -277,6 +281,7 @@ class Patcher:
                     base = base + m * delta.to(base.device, torch.float32).reshape(base.shape)
             bias.data.copy_(base)
         slot.current = tuple(weights)
+        slot.pristine = False
 
     def _restore_slot(self, slot: _Slot) -> None:
         with torch.no_grad():
@@ -286,6 +291,7 @@ class Patcher:
                 slot.module.bias.data.copy_(slot.backup_bias)
         slot.backup_weight = slot.backup_bias = None
         slot.current = None
+        slot.pristine = True
 
 
 def _backup_device(weight: torch.Tensor, needed: int) -> torch.device:

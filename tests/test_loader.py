@@ -73,6 +73,16 @@ def test_shape_mismatch_names_file_key_and_shapes() -> None:
     assert "'bad'" in message and key in message and "(640, 640)" in message and "(320, 4)" in message
 
 
+def test_shape_mismatch_message_names_a_weight_key_and_says_it_once() -> None:
+    """The alpha scalar tells the user nothing about shapes; the adapter's own text repeated ours."""
+    key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    state_dict = {f"{key}.alpha": torch.tensor(4.0), **lora(key, 320, 640)}
+    with pytest.raises(LoraShapeError) as err:
+        load_lora(state_dict, reference_tree("sd15"), name="bad")
+    message = str(err.value)
+    assert f"key '{key}.lora_" in message and message.count("made for") == 1
+
+
 def test_bias_on_a_module_without_bias_is_a_shape_error() -> None:
     key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"  # to_q has no bias
     with pytest.raises(LoraShapeError, match="no bias"):

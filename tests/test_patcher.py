@@ -246,3 +246,17 @@ def test_fp32_in_place_path_matches_reference():
         torch.testing.assert_close(net.a.weight, expected, rtol=1e-6, atol=1e-6)
     p.restore()
     assert torch.equal(net.a.weight, w0)
+
+
+def test_zero_weights_on_pristine_module_write_nothing():
+    net = Net()
+    before = snapshot(net)
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (0.0, 1.0, 0.0)))])
+    assert p.apply(1).modules == 0
+    assert_same(before, net)
+    assert p.apply(2).modules == 1
+    assert p.apply(3).modules == 1        # back to 0: the original must be written again
+    assert torch.equal(net.a.weight, before[0]["a.weight"])
+    p.restore()
+    assert_same(before, net)

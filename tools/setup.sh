@@ -14,5 +14,5 @@ if [[ "${1:-}" == "--test" ]]; then
             || echo "setup: could not install chromium; browser tests will be skipped" >&2
     fi
 else
-    "$py" -m pip install -q -e .
+    "$py" -m pip install -q -e ".[fast]"
 fi

@@ -48,7 +48,7 @@ class ToRaw(Transformer):
     """Builds :class:`RawTag` from the parse tree; it only records, all checks come later."""
 
     def start(self, children: list) -> RawTag:
-        opener: Token = children[0]
+        opener = str(children[0])  # str(): lark-cython's tokens are not str subclasses
         name: Token | None = children[1]
         kind = "lyco" if "lyco" in opener.lower() else "lora"
         if name is None:
@@ -93,107 +93,37 @@ PARSER = Lark.open("tags.lark", rel_to=__file__, parser="lalr", lexer="contextua
                    propagate_positions=False, maybe_placeholders=False, transformer=ToRaw(), cache=True)
 
 
-class _Driver:
-    """Lark's LALR tables, contextual-lexer regexps and rule callbacks for ``tags.lark``, run by a tight loop.
-
-    Lark's own loop costs ~6 µs a token (a generator per call, a line counter, error bookkeeping): most
-    of a cold prompt. This one drives the very same tables and callbacks, so a tag it accepts gives what
-    Lark gives; on anything else it returns None and :func:`parse_raw` asks Lark, whose errors (message,
-    column, parser state for the labels) stay the reference. It reads Lark internals: built only when a
-    self-check on sample tags agrees with Lark, else every tag goes to Lark.
-    """
-
-    def __init__(self, lark: Lark) -> None:
-        parser = lark.parser.parser.parser                  # lalr_parser._Parser
-        table = parser.parse_table
-        self.callbacks = parser.callbacks
-        self.start, self.end = table.start_states["start"], table.end_states["start"]
-        self.actions = {state: {name: self._action(kind, arg) for name, (kind, arg) in row.items()}
-                        for state, row in table.states.items()}
-        lexers = lark.parser.lexer.lexers                   # parser state -> BasicLexer
-        self.regexps = {state: tuple(lexer.scanner._mres) for state, lexer in lexers.items()}  # builds them
-        if any(lexer.ignore_types or lexer.callback for lexer in lexers.values()):
-            raise TypeError("ignored terminals or lexer callbacks: not handled by the fast loop")
-        if any(name in self.callbacks for name in lark.terminals):
-            raise TypeError("terminal callbacks: not handled by the fast loop")
-
-    def _action(self, kind, arg) -> tuple:
-        """A table entry, precomputed: (True, next state) to shift, (False, size, callback, goto) to reduce."""
-        if kind is Shift:
-            return True, arg
-        return False, len(arg.expansion), self.callbacks[arg], arg.origin.name
-
-    def parse(self, text: str):
-        """What ``PARSER.parse(text)`` returns, or None where Lark would raise (or might differ).
-
-        Each token is what the contextual lexer reads in the current state: the first alternative of
-        that state's regexps that matches. A filtered terminal (``_SEP``...) stays a plain str: the rule
-        callbacks drop it unread, and a Token costs ~0.7 µs. (Lexing is inline: this loop is the hot path.)"""
-        state_stack, value_stack, regexps = [self.start], [], self.regexps
-        pos, size = 0, len(text)
-        while pos < size:
-            for regexp in regexps[state_stack[-1]]:
-                match = regexp.match(text, pos)
-                if match:
-                    break
-            else:
-                return None
-            kind, value = match.lastgroup, match.group(0)
-            if not self._feed(kind, value if kind[0] == "_" else Token(kind, value, pos), state_stack, value_stack):
-                return None
-            pos = match.end()
-        return value_stack[-1] if self._feed("$END", "", state_stack, value_stack) is None else None
-
-    def _feed(self, kind: str, token: str | Token, state_stack: list, value_stack: list) -> bool | None:
-        """Lark's ``feed_token``: reduce while the table says so, then shift (True). False: a syntax error;
-        None: ``$END`` accepted (the start rule reduced into the end state)."""
-        actions = self.actions
-        while True:
-            action = actions[state_stack[-1]].get(kind)
-            if action is None:
-                return False
-            if action[0]:
-                if kind == "$END":
-                    return False
-                state_stack.append(action[1])
-                value_stack.append(token)
-                return True
-            _, count, callback, origin = action
-            children = value_stack[-count:] if count else []
-            if count:
-                del state_stack[-count:], value_stack[-count:]
-            value_stack.append(callback(children))
-            state_stack.append(actions[state_stack[-1]][origin][1])
-            if kind == "$END" and state_stack[-1] == self.end:
-                return None
-
-
 _SAMPLES = ("<lora:x>", "<lora:styles/ink wash v1.2:0.8>", "<lora:d:te=0.1@1,0.6@6>", "<lyco:l:0.5:0.7:16>",
             "<lora:r:unet=lerp(0@0,1@0.5)>", "<lora:f:0.6:lbw=OUTD>", "<lora:h:1@25%,0.4@75%:high>",
             "< LoRA : a b : in=0.2 : mid = .4 , -1e-1@ 3 >", "<lora:>")
 
 
-def _fast_driver() -> _Driver | None:
-    """The fast loop if it reproduces Lark on the samples (a Lark version whose internals moved: None)."""
+def _accelerated() -> Lark | None:
+    """The same grammar and Transformer run by lark-cython, Lark's own Cython LALR plugin (~1.6x faster
+    on a cold prompt), when it is installed and reproduces pure Lark on the samples; else None."""
     try:
-        driver = _Driver(PARSER)
-        if all(driver.parse(text) == PARSER.parse(text) for text in _SAMPLES):
-            return driver
-    except Exception:  # noqa: BLE001 - any surprise in Lark's internals only turns the fast loop off
+        import lark_cython
+    except ImportError:
+        return None
+    try:
+        fast = Lark.open("tags.lark", rel_to=__file__, parser="lalr", lexer="contextual",
+                         maybe_placeholders=False, transformer=ToRaw(), _plugins=lark_cython.plugins)
+        if all(fast.parse(text) == PARSER.parse(text) for text in _SAMPLES):
+            return fast
+    except Exception:  # noqa: BLE001 - an incompatible plugin version only turns the acceleration off
         pass
     return None
 
 
-_DRIVER = _fast_driver()
+FAST_PARSER = _accelerated()
 
 
 def parse_raw(text: str) -> RawTag:
-    """``PARSER.parse(text)``, through the fast loop when it accepts the tag; Lark raises the errors."""
-    if _DRIVER is not None:
+    """``PARSER.parse(text)``, through lark-cython when it accepts the tag; errors always come from pure
+    Lark, so messages, columns and ``match_examples`` labels do not depend on the accelerator."""
+    if FAST_PARSER is not None:
         try:
-            found = _DRIVER.parse(text)
-        except Exception:  # noqa: BLE001 - a callback failed: Lark repeats it and wraps it as usual
-            found = None
-        if found is not None:
-            return found
+            return FAST_PARSER.parse(text)
+        except Exception:  # noqa: BLE001 - pure Lark parses it again and raises its own, reference error
+            pass
     return PARSER.parse(text)
