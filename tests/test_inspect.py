@@ -117,6 +117,24 @@ def test_text_report_and_long_metadata(tmp_path: Path, capsys: pytest.CaptureFix
     assert "2 of 2 keys map" in out
 
 
+def test_metadata_warnings_name_the_file_and_quote_no_source(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inspect_command, "map_keys", lambda path, arch, count: {
+        "matched": count, "unmatched": [], "modules": 1, "mapping_error": None})
+    path = tmp_path / "broken meta.safetensors"
+    save_file({f"{KEY}.lora_down.weight": torch.zeros(4, 768), f"{KEY}.lora_up.weight": torch.zeros(320, 4)},
+              str(path), metadata={"ss_tag_frequency": "{not json"})
+    path.with_suffix(".json").write_text("{oops")
+    status = run_inprocess(path, "--json")
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert status == 0 and len(report["warnings"]) == 2
+    assert all(str(path.with_suffix("")) in text for text in report["warnings"])
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines)
+    assert "UserWarning" not in captured.err and "parse_tag_frequency(" not in captured.err
+
+
 def test_arch_must_agree_with_detection(tmp_path: Path) -> None:
     with pytest.raises(ArchitectureMismatchError) as caught:
         inspect_command.choose_architecture(tmp_path / "x.safetensors", "flux", "sdxl")
@@ -149,3 +167,18 @@ def test_real_legacy_file_gets_a_clear_answer(shared_fixtures: Path, capsys: pyt
         assert "cloneofsimo" in report["mapping_error"]
     else:
         assert report["unmatched"] == []
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (["unet:0:up", "unet:0:down"], "cloneofsimo/lora legacy file"),   # --arch cannot help it
+    (["foo", "bar.weight"], "is it a LoRA file?"),                     # no key layout at all
+    (["lora_unet_x.lora_down.weight"], "pass --arch"),                 # a layout, no architecture
+])
+def test_undetected_architecture_says_whether_arch_helps(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        keys: list[str], expected: str) -> None:
+    path = tmp_path / "odd.safetensors"
+    save_file({key: torch.zeros(2, 2) for key in keys}, str(path))
+    assert run_inprocess(path, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["architecture"] is None and expected in report["mapping_error"]
+    assert {"architecture", "format", "adapter_types", "trigger_words", "matched", "unmatched"} <= set(report)

@@ -147,3 +147,9 @@ def test_file_on_disk_with_tiny_model(tmp_path) -> None:
     assert loaded.metadata == {"ss_network_dim": "4", "ss_output_name": "tiny", "note": "x"}
     blocks = {p.target.block for p in loaded.patches if p.target.component == "unet"}
     assert blocks == {"IN01", "IN02", "IN04", "IN05", "M00", "OUT00", "OUT01", "OUT03", "OUT04", "OUT05"}
+
+
+def test_alpha_that_is_not_one_number_is_a_named_error_not_a_traceback() -> None:
+    state_dict = {**lora(ATTN, 640, 768), f"{ATTN}.alpha": torch.ones(2, 2)}
+    with pytest.raises(LoraShapeError, match=r"'two'.*alpha should be a single number but has shape \(2, 2\)"):
+        load_lora(state_dict, reference_tree("sd15"), name="two")

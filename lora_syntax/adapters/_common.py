@@ -24,6 +24,15 @@ def alpha_scale(alpha: torch.Tensor | float | None, rank: int) -> float:
     return 1.0 if value == 0.0 else value / rank
 
 
+def scalar(value: torch.Tensor, name: str, kind: str) -> float:
+    """A one-number parameter (``alpha``, ``on_input``) as a float; any other shape is a damaged file,
+    named, rather than torch's "cannot be converted to Scalar"."""
+    if value.numel() != 1:
+        raise LoraShapeError(f"{kind} adapter's {name} should be a single number but has shape "
+                             f"{tuple(value.shape)}; the file is damaged.")
+    return float(value.float().item())
+
+
 def fit(delta: torch.Tensor, shape: torch.Size | tuple[int, ...], kind: str, where: str) -> torch.Tensor:
     """``delta`` reshaped to the module's weight ``shape``; a size mismatch is a :class:`LoraShapeError`.
 

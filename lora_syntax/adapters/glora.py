@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, to_device
+from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, scalar, to_device
 from .base import Adapter
 
 _NAMES = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
@@ -60,7 +60,7 @@ class GloraAdapter(ShapesRepr, Adapter):
         a1, a2, b1, b2 = require(params, _NAMES, "GLoRA")
         check_inner("GLoRA", ("a1.weight", a1, 1, "a2.weight", a2, 0), ("b1.weight", b1, 1, "b2.weight", b2, 0))
         alpha = params.get("alpha")
-        return cls(a1, a2, b1, b2, params.get("bm.weight"), None if alpha is None else float(alpha.float().item()))
+        return cls(a1, a2, b1, b2, params.get("bm.weight"), None if alpha is None else scalar(alpha, "alpha", "GLoRA"))
 
     @property
     def rank(self) -> int:

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LoraShapeError
-from ._common import ShapesRepr, f32, require, to_device
+from ._common import ShapesRepr, f32, require, scalar, to_device
 from .base import Adapter
 
 
@@ -49,7 +49,7 @@ class Ia3Adapter(ShapesRepr, Adapter):
     def from_params(cls, params: Mapping[str, torch.Tensor]) -> "Ia3Adapter":
         (scale,) = require(params, ("weight",), "(IA)^3")
         on_input = params.get("on_input")
-        return cls(scale=scale, on_input=bool(on_input is not None and on_input.float().item() != 0))
+        return cls(scale=scale, on_input=bool(on_input is not None and scalar(on_input, "on_input", "(IA)^3") != 0))
 
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         axis = 1 if self.on_input else 0

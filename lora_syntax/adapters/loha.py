@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, to_device
+from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, scalar, to_device
 from .base import Adapter
 
 _NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -67,7 +67,7 @@ class LohaAdapter(ShapesRepr, Adapter):
                         ("hada_w2_a", w2_a, 0, "hada_t2", t2, 0), ("hada_t2", t2, 1, "hada_w2_b", w2_b, 0))
         alpha = params.get("alpha")
         return cls(w1_a, w1_b, w2_a, w2_b, params.get("hada_t1"), params.get("hada_t2"),
-                   None if alpha is None else float(alpha.float().item()))
+                   None if alpha is None else scalar(alpha, "alpha", "LoHa"))
 
     @property
     def scale(self) -> float:

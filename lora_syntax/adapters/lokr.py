@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LoraFileError
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, to_device
+from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, scalar, to_device
 from .base import Adapter
 
 
@@ -99,7 +99,7 @@ class LokrAdapter(ShapesRepr, Adapter):
             w1_b=None if full1 else params["lokr_w1_b"], w2=params.get("lokr_w2"),
             w2_a=None if full2 else params["lokr_w2_a"], w2_b=None if full2 else params["lokr_w2_b"],
             t2=None if full2 else params.get("lokr_t2"),
-            alpha=None if alpha is None else float(alpha.float().item()))
+            alpha=None if alpha is None else scalar(alpha, "alpha", "LoKr"))
 
     @property
     def rank(self) -> int | None:

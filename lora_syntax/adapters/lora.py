@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, to_device
+from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, scalar, to_device
 from .base import Adapter
 
 
@@ -71,7 +71,7 @@ class LoraAdapter(ShapesRepr, Adapter):
             check_inner("LoRA", ("lora_up.weight", up, 1, "lora_mid.weight", mid, 0),
                         ("lora_mid.weight", mid, 1, "lora_down.weight", down, 0))
         return cls(up=up, down=down, mid=mid,
-                   alpha=None if alpha is None else float(alpha.float().item()))
+                   alpha=None if alpha is None else scalar(alpha, "alpha", "LoRA"))
 
     @property
     def scale(self) -> float:

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import LoraShapeError
-from ._common import ShapesRepr, f32, require, to_device
+from ._common import ShapesRepr, f32, require, scalar, to_device
 from .base import Adapter
 
 
@@ -64,7 +64,7 @@ class OftAdapter(ShapesRepr, Adapter):
     def from_params(cls, params: Mapping[str, torch.Tensor]) -> "OftAdapter":
         (blocks,) = require(params, ("oft_blocks",), "OFT")
         alpha = params.get("alpha")
-        return cls(blocks, params.get("rescale"), 0.0 if alpha is None else float(alpha.float().item()))
+        return cls(blocks, params.get("rescale"), 0.0 if alpha is None else scalar(alpha, "alpha", "OFT"))
 
     def _check(self, weight: torch.Tensor) -> None:
         rows = self.blocks.shape[-3] * self.blocks.shape[-1]

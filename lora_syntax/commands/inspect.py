@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ def summarise(metadata: dict[str, str]) -> dict[str, str]:
             for key, value in sorted(metadata.items())}
 
 
+def no_architecture(file_format: str) -> str:
+    """Why no mapping was tried; ``--arch`` is suggested only where it can help."""
+    if file_format == "unknown":
+        return ("no known LoRA key layout (kohya, LyCORIS, diffusers/PEFT, the FLUX.1 dialects) matches its keys, "
+                "so neither its format nor its architecture is known; is it a LoRA file?")
+    if file_format == "cloneofsimo":
+        return ("a cloneofsimo/lora legacy file: its keys are module positions, not names, so it cannot be mapped "
+                "onto any model (no --arch helps); convert it with cloneofsimo's tools or use another LoRA")
+    return "architecture not detected from keys or metadata; pass --arch sd15|sd2|sdxl|flux"
+
+
 def report(path: Path, requested: str | None) -> dict[str, Any]:
     """Everything ``inspect`` shows, as one JSON-ready dict."""
     from ..io import read_header
@@ -103,7 +115,7 @@ def report(path: Path, requested: str | None) -> dict[str, Any]:
         "preview": str(info.preview) if info.preview else None, "metadata": summarise(info.metadata),
         "matched": None, "modules": None, "unmatched": [], "mapping_error": None}
     if architecture is None:
-        result["mapping_error"] = "architecture not detected from keys or metadata; pass --arch sd15|sd2|sdxl|flux"
+        result["mapping_error"] = no_architecture(info.format)
         return result
     try:
         mapping = map_keys(path, architecture, len(header.shapes))
@@ -145,8 +157,22 @@ def _text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_with_warnings(path: Path, requested: str | None) -> dict[str, Any]:
+    """:func:`report` with its warnings (malformed sidecars, metadata) collected under ``"warnings"``,
+    each naming the file, instead of Python's warning lines that quote our source code."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = report(path, requested)
+    texts = [str(warning.message) for warning in caught]
+    result["warnings"] = list(dict.fromkeys(text if str(path) in text else f"{text} (in '{path}')"
+                                            for text in texts))
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
-    result = report(Path(args.file), args.arch)
+    result = report_with_warnings(Path(args.file), args.arch)
+    for text in result["warnings"]:
+        print(f"warning: {text}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else _text(result))
     if result["mapping_error"]:
         if not args.json:
