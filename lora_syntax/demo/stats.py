@@ -1,8 +1,10 @@
 """Image statistics that measure what each demo LoRA does (the tests and docs/demo.md quote them).
 
-warmth = mean(R - B) (sepia raises it); brightness = mean of Rec.601 luma (night lowers it);
-shape scores = best IoU of the foreground mask with each shape's template over positions and sizes
-(the zorbstar LoRA makes "star" win); shape colour = the named colour nearest the foreground's mean.
+warmth = mean(R - B); shape warmth = mean(R - B) inside the shape (sepia raises it: the tiny model's
+sepia pulls blue shapes towards olive); brightness = mean of Rec.601 luma (night lowers it);
+foreground area = share of pixels that stand out from the background (the zorbstar LoRA's thin-armed
+shape covers ~35% less than the base's circle); shape scores = best IoU of the foreground mask with each
+shape's template; shape colour = the named colour nearest the foreground's mean.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def warmth(image: np.ndarray) -> float:
     """Mean red minus blue over the image (0 for neutral greys, ~0.2 for sepia)."""
     return float((image[..., 0] - image[..., 2]).mean())
+
+
+def shape_warmth(image: np.ndarray) -> float:
+    """Mean red minus blue inside the shape (0 when nothing stands out from the background)."""
+    mask = foreground_mask(image)
+    return float((image[..., 0] - image[..., 2])[mask].mean()) if mask.sum() >= 10 else 0.0
+
+
+def foreground_area(image: np.ndarray) -> float:
+    """Share of the image that stands out from the background colour."""
+    return float(foreground_mask(image).mean())
 
 
 def brightness(image: np.ndarray) -> float:

@@ -34,7 +34,7 @@ class Budget:
     def for_mode(cls, quick: bool) -> "Budget":
         if quick:
             return cls(images=64, vae_steps=8, unet_steps=8, lora_steps=4, batch=8, lora_batch=8)
-        return cls(images=3000, vae_steps=500, unet_steps=2000, lora_steps=300, batch=32, lora_batch=16)
+        return cls(images=3000, vae_steps=500, unet_steps=2000, lora_steps=800, batch=32, lora_batch=16)
 
 
 def _cosine_lr(opt: torch.optim.Optimizer, base_lr: float, step: int, total: int, warmup: int = 50) -> None:
