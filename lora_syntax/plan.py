@@ -19,6 +19,7 @@ from typing import NamedTuple, Union
 from . import blocks
 from .errors import LoraSyntaxError
 from .schedule import change_steps, peak, resolve
+from .syntax.format import format_keyframe
 from .syntax.model import BlockWeights, LoraTag, ParsedPrompt, Schedule
 from .syntax.parser import parse
 
@@ -213,6 +214,7 @@ class _Core(NamedTuple):
     is_zero: bool
     cache: dict
     stack: dict[str, "_StackEntry"]   # group -> its peak and per-step |w| for the stack warning
+    notes: tuple[str, ...]            # keyframes that misbehave over this run (the tag's text not included)
 
 
 _CORES: dict[tuple, _Core] = {}
@@ -238,8 +240,42 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     shared: dict[tuple, _StackEntry] = {}
     stack = {group: _stack_entry(group, schedules[group], peaks[id(schedules[group])], steps, lbw, allowed,
                                  is_zero, shared) for group in GROUPS}
-    found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack)
+    found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack,
+                                _keyframe_notes(tag, steps))
     return found
+
+
+_SCHEDULE_FIELDS = (("strength", "strength"), ("te", "te="), ("unet", "unet="), ("in_", "in="), ("mid", "mid="),
+                    ("out", "out="))
+
+
+def _keyframe_notes(tag: LoraTag, steps: int) -> tuple[str, ...]:
+    """Keyframes that do nothing over ``steps`` steps. Units resolve only with the step count, so this is the
+    plan's to say (the syntax refuses a backward keyframe only within one unit, where the text shows it)."""
+    notes: list[str] = []
+    for field_name, label in _SCHEDULE_FIELDS:
+        schedule = getattr(tag, field_name)
+        if schedule is not None and not schedule.is_constant:
+            notes += _schedule_notes(schedule, label, steps)
+    return tuple(notes)
+
+
+def _schedule_notes(schedule: Schedule, label: str, steps: int) -> Iterator[str]:
+    """A step keyframe past the end (it never applies), and a keyframe that resolves to a step not after the
+    previous one (keyframes apply in step order, the one written last winning a shared step)."""
+    previous, before = 0, None  # the previous keyframe's step, and the keyframe (None: none yet)
+    for frame in schedule.keyframes:
+        start = frame.start_step(steps)
+        if frame.unit == "step" and start > steps:
+            yield (f"{label} keyframe @{int(frame.at)} is after the last step ({steps}): it never applies; "
+                   f"use a step from 1 to {steps} or a fraction (1.0 = the last step)")
+        elif before is not None and start <= previous:
+            effect = ("both start there and the one written last wins" if start == previous else
+                      "keyframes apply in step order, so it comes before that one")
+            yield (f"{label} keyframe {format_keyframe(frame)} resolves to step {start} with {steps} steps, not "
+                   f"after the previous keyframe {format_keyframe(before)} (step {previous}): {effect}; write "
+                   f"keyframes in step order")
+        previous, before = start, frame
 
 
 def _schedule_facts(schedules: dict[str, Schedule], live: list[str],
@@ -299,11 +335,19 @@ def _stack_entry(group: str, schedule: Schedule, top: float, steps: int, lbw: _L
 
 def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple[LoraPlan, str | None]:
     """The plan of one tag, and a warning about its lbw (or None)."""
+    plan, warnings = _plan_tag(tag, steps, architecture)
+    return plan, next((w for w in warnings if w.startswith(f"{tag.text}: lbw")), None)
+
+
+def _plan_tag(tag: LoraTag, steps: int, architecture: str | None) -> tuple[LoraPlan, tuple[str, ...]]:
+    """The plan of one tag and every warning about it (lbw, keyframes), each naming the tag."""
     core = _core(tag, steps, architecture)
-    warning = None if core.lbw.fits else _lbw_warning(tag, architecture)
+    warnings = () if core.lbw.fits else (_lbw_warning(tag, architecture),)
+    if core.notes:
+        warnings += tuple(f"{tag.text}: {note}" for note in core.notes)
     plan = _new_plan(tag.name, tag, steps, tag.dyn, core.allowed, core.vectors, core.lbw.multipliers,
                      core.lbw.group_scale, core.lbw.covered, core.points, core.is_zero, core.cache, core.stack)
-    return plan, warning
+    return plan, warnings
 
 
 def _new_plan(*values) -> LoraPlan:
@@ -346,16 +390,36 @@ def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[fl
     return base + top, totals.index(top) + 1
 
 
+def _alone(loras: tuple[LoraPlan, ...], groups: list[str]) -> LoraPlan | None:
+    """The only LoRA weighing on ``groups``, or None when there are several (stops at the second)."""
+    found = None
+    for lora in loras:
+        stack = lora._stack
+        for group in groups:  # plain loops: this runs on every plan of a strong stack
+            if stack[group].peak > 0:
+                if found is not None:
+                    return None
+                found = lora
+                break
+    return found
+
+
 def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int) -> list[str]:
     """One warning naming every block group whose summed |weight| passes :data:`STACK_WARN_LEVEL`."""
-    over = []
+    over, groups = [], []
     for group in GROUPS:
         peak, step = _group_peak(loras, group, steps)
         if peak > STACK_WARN_LEVEL:
             where = "text encoders" if group == "te" else f"denoiser {group} blocks"
             over.append(f"{where} {peak:.2f} at step {step}")
+            groups.append(group)
     if not over:
         return []
+    alone = _alone(loras, groups)
+    if alone is not None:  # one LoRA alone: nothing is stacked, it is simply too strong
+        tag = alone.tag.text
+        return [f"{tag}: LoRA strength above {STACK_WARN_LEVEL}: {'; '.join(over)}. One LoRA this strong "
+                f"tends to overcook the image (burnt colours, artefacts): lower its weight"]
     return [f"total LoRA strength above {STACK_WARN_LEVEL}: {'; '.join(over)}. Stacked LoRAs compound "
             f"each other's artefacts: lower some weights"]
 
@@ -383,10 +447,10 @@ def build_plan(parsed_or_prompt: ParsedOrPrompt, steps: int, *, architecture: st
     parsed = parse(parsed_or_prompt) if isinstance(parsed_or_prompt, str) else parsed_or_prompt
     loras, warnings = [], []
     for tag in parsed.tags:
-        plan, warning = plan_tag(tag, steps, architecture)
+        plan, tag_warnings = _plan_tag(tag, steps, architecture)
         loras.append(plan)
-        if warning:
-            warnings.append(warning)
+        if tag_warnings:
+            warnings += tag_warnings
     result = tuple(loras)
     warnings += _duplicate_warnings(result) + _stack_warnings(result, steps)
     points = sorted(set().union(*(lora.change_points for lora in result)))

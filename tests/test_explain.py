@@ -64,3 +64,23 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         assert image.size == (900, 520)
         colours = {c for _, c in image.getcolors(1 << 20)}
         assert len(colours) > 10  # axes, text and several coloured lines, not a blank canvas
+
+
+def test_plot_to_a_missing_folder_is_one_error_line() -> None:
+    """Regression: --plot /nonexistent/dir/p.png crashed with a FileNotFoundError traceback."""
+    result = explain("<lora:x:1>", "--steps", "4", "--plot", "/nonexistent/dir/p.png")
+    assert result.returncode == 2
+    assert result.stderr == "error: cannot write plot '/nonexistent/dir/p.png': No such file or directory\n"
+    assert result.stdout == ""  # no table or JSON that a script could take for success
+
+
+def test_plot_refuses_a_name_not_ending_in_png(tmp_path: Path) -> None:
+    """Regression: --plot f.txt wrote a PNG into a .txt file."""
+    target = tmp_path / "f.txt"
+    result = explain("<lora:x:1>", "--steps", "4", "--plot", str(target))
+    assert result.returncode == 2
+    assert result.stderr == (f"error: cannot write plot '{target}': the plot is a PNG image; give a file name "
+                             f"ending in .png (e.g. f.png)\n")
+    assert not target.exists() and result.stdout == ""
+    upper = explain("<lora:x:1>", "--steps", "4", "--plot", str(tmp_path / "p.PNG"))
+    assert upper.returncode == 0 and (tmp_path / "p.PNG").read_bytes()[:4] == b"\x89PNG"

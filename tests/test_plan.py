@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lora_syntax import blocks
+from lora_syntax.errors import LoraSyntaxError
 from lora_syntax.plan import STACK_WARN_LEVEL, build_plan
 from lora_syntax.syntax import parse
 
@@ -66,7 +67,8 @@ def test_before_first_keyframe_is_zero_and_at0_is_start() -> None:
 
 
 @pytest.mark.parametrize("at,steps,first", [("0.5", 20, 11), ("0.0", 20, 1), ("0.25", 10, 3), ("50%", 20, 11),
-                                             ("25%", 10, 3), ("0.3", 10, 4), ("1.0", 10, 11), ("99%", 10, 10)])
+                                             ("25%", 10, 3), ("0.3", 10, 4), ("1.0", 10, 10), ("99%", 10, 10),
+                                             ("100%", 10, 10), ("100%", 1, 1)])
 def test_fractions_and_percentages_start_at_floor_f_steps_plus_one(at: str, steps: int, first: int) -> None:
     values = lora(f"<lora:x:1@{at}>", steps).weights("text_encoder", None)
     assert values == tuple(0.0 if s < first else 1.0 for s in range(1, steps + 1))
@@ -225,3 +227,54 @@ def test_plans_of_equal_tags_share_their_weight_cache() -> None:
     b = build_plan("y, <lora:shared:te=0.2@3> z", 9).loras[0]
     assert a == b and a.tag.span != b.tag.span
     assert a.weights("unet", "OUT02") is b.weights("unet", "OUT02")
+
+
+def test_full_run_fraction_is_the_last_step_and_a_ramp_reaches_it() -> None:
+    """Regression: 100% / 1.0 started at step floor(steps) + 1, past the end, so it never applied."""
+    assert lora("<lora:x:1@100%>", 10).weights("unet", None) == (0.0,) * 9 + (1.0,)
+    assert lora("<lora:x:0@0,1@1.0>", 4).weights("unet", None) == (0.0, 0.0, 0.0, 1.0)
+    ramp = build_plan("<lora:x:lerp(0@0,1@100%)>", 10)
+    assert ramp.loras[0].weights("unet", None)[-1] == 1.0
+    assert ramp.loras[0].weights("unet", None)[0] == 0.0
+    assert ramp.warnings == ()
+
+
+def test_step_keyframe_past_the_end_warns_naming_the_tag() -> None:
+    """Regression: <lora:x:1@11> over 10 steps did nothing, silently."""
+    plan = build_plan("a <lora:x:1@11>", 10)
+    assert plan.warnings == ("<lora:x:1@11>: strength keyframe @11 is after the last step (10): it never "
+                             "applies; use a step from 1 to 10 or a fraction (1.0 = the last step)",)
+    te_plan = build_plan("<lora:y:te=0@1,1@30>", 20)
+    assert any(w.startswith("<lora:y:te=0@1,1@30>: te= keyframe @30 is after the last step (20)")
+               for w in te_plan.warnings)
+    assert build_plan("<lora:x:1@10>", 10).warnings == ()
+
+
+def test_mixed_unit_backward_keyframe_warns_naming_the_tag() -> None:
+    """Regression: in 1@50%,0@5 (10 steps) the 0@5 vanished. Same-unit order is a syntax error; mixed units
+    resolve only with the step count, so the plan warns (and applies the keyframes in step order)."""
+    plan = build_plan("<lora:x:1@50%,0@5>", 10)
+    assert plan.loras[0].weights("unet", None) == (0.0,) * 5 + (1.0,) * 5
+    assert plan.warnings == ("<lora:x:1@50%,0@5>: strength keyframe 0@5 resolves to step 5 with 10 steps, not "
+                             "after the previous keyframe 1@50% (step 6): keyframes apply in step order, so it "
+                             "comes before that one; write keyframes in step order",)
+    same = build_plan("<lora:x:unet=1@0.5,0@6>", 10)  # both on step 6: the one written last wins
+    assert same.loras[0].weights("unet", None) == (0.0,) * 10
+    assert any("unet= keyframe 0@6 resolves to step 6 with 10 steps, not after the previous keyframe 1@0.5 "
+               "(step 6): both start there and the one written last wins" in w for w in same.warnings)
+    assert build_plan("<lora:x:1@5,0@60%>", 10).warnings == ()  # forward over this run: nothing to say
+    with pytest.raises(LoraSyntaxError, match="keyframes must go forward, '@3' does not come after"):
+        parse("<lora:x:1@5,0@3>")
+
+
+def test_one_strong_lora_is_not_called_a_stack() -> None:
+    """Regression: a single <lora:x:1:2:3> got "Stacked LoRAs compound each other's artefacts"."""
+    plan = build_plan("<lora:x:1:2:3>", 10)
+    assert plan.warnings == ("<lora:x:1:2:3>: LoRA strength above 1.5: denoiser in blocks 2.00 at step 1; "
+                             "denoiser mid blocks 2.00 at step 1; denoiser out blocks 2.00 at step 1. One LoRA "
+                             "this strong tends to overcook the image (burnt colours, artefacts): lower its "
+                             "weight",)
+    alone = build_plan("<lora:x:2> <lora:y:0.5:module=te>", 10)  # y adds to te only, x alone is over on unet
+    assert "Stacked LoRAs" in alone.warnings[0] and "text encoders 2.50" in alone.warnings[0]
+    quiet = build_plan("<lora:x:0.1> <lora:y:te=0:unet=1.7>", 10)
+    assert quiet.warnings[0].startswith("total LoRA strength above 1.5: denoiser in blocks 1.80")

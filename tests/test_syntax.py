@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lora_syntax.errors import LoraSyntaxError
 from lora_syntax.syntax import BlockWeights, Keyframe, Schedule, format_tag, parse
 
 
@@ -126,3 +127,17 @@ def test_format_tag_is_canonical_and_stable(text: str) -> None:
     formatted = format_tag(tag)
     assert format_tag(one(formatted)) == formatted
     assert one(formatted).content_key() == tag.content_key()
+
+
+def test_dyn_zero_means_the_full_rank() -> None:
+    """Regression: <lora:x:1:2:0> was refused ("dyn >= 1"). The LyCORIS extension documents dyn 0 as "no
+    DyLoRA truncation"; A1111 passes int(0) on and slices the rank to nothing, which no one means."""
+    assert one("<lora:x:1:2:0>").dyn is None
+    assert one("<lora:x:dyn=0>").dyn is None
+    assert one("<lora:x:dyn=16>").dyn == 16
+    with pytest.raises(LoraSyntaxError, match=r"bad number '-1' for dyn: expected a whole number of dimensions "
+                                              r"\(0 = the full rank\), e.g. dyn=16") as caught:
+        parse("<lora:x:dyn=-1>")
+    assert caught.value.column == 13
+    with pytest.raises(LoraSyntaxError, match="duplicate key 'dyn'"):
+        parse("<lora:x:1:1:0:dyn=4>")

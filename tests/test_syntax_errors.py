@@ -31,7 +31,21 @@ CASES = [
     ("a <lora:   >", ["empty name"], 12),
     ("a <lora:ink:1.2.3>", ["bad number", "unexpected '.3'"], 16),
     ("a <lora:ink:te=abc>", ["bad number 'abc'"], 16),
-    ("a <lora:ink:te=1e999>", ["bad number '1e999'", "not finite"], 16),
+    ("a <lora:ink:te=1e999>", ["bad number '1e999' for te: '1e999' is not a finite number"], 16),
+    # nan/inf/infinity in any case and any weight position: the same message as 1e999 (not "unexpected word")
+    ("a <lora:ink:nan>", ["bad number 'nan' for strength: 'nan' is not a finite number"], 13),
+    ("a <lora:ink:inf>", ["bad number 'inf' for strength: 'inf' is not a finite number"], 13),
+    ("a <lora:ink:1:-Infinity>", ["bad number '-Infinity' for unet: '-Infinity' is not a finite number"], 15),
+    ("a <lora:ink:te=NaN>", ["bad number 'NaN' for te: 'NaN' is not a finite number"], 16),
+    ("a <lora:ink:out=+INF>", ["bad number '+INF' for out: '+INF' is not a finite number"], 17),
+    ("a <lora:ink:te=1@1,inf@5>", ["bad number 'inf' for te: 'inf' is not a finite number"], 20),
+    ("a <lora:ink:lerp(0@0,nan@5)>", ["bad number 'nan' for strength: 'nan' is not a finite number"], 22),
+    ("a <lora:ink:lbw=nan>", ["bad number 'nan' for lbw: 'nan' is not a finite number"], 17),
+    # high/low are bare words: high= is refused with the form to write, not as an unknown key
+    ("a <lora:ink:high=1:low=0>", ["'high' is not a key: high/low are bare words", "e.g. <lora:x:1:high>"], 13),
+    ("a <lora:ink:1:LOW=0.5>", ["'LOW' is not a key: high/low are bare words", "e.g. <lora:x:1:low>"], 15),
+    ("a <lora:ink:zzz>", ["unexpected word 'zzz': expected a weight (0.8), key=value with a key of te, unet",
+                          "or the bare word high or low"], 13),
     ("a <lora:ink:te=>", ["bad number", "expected"], 16),
     ("a <lora:ink:dyn=1.5>", ["bad number '1.5' for dyn"], 17),
     ("a <lora:ink:0.5@>", ["bad schedule"], 17),
@@ -96,3 +110,21 @@ def test_raise_mode_raises_the_first_error() -> None:
 def test_bad_on_error_argument() -> None:
     with pytest.raises(ValueError):
         parse("x", on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_non_finite_words_are_never_read_as_keys() -> None:
+    """Regression: 'nan' was "unexpected word ... keys need '='", 'inf' was "did you mean 'in'?"."""
+    for word in ("nan", "NAN", "inf", "Inf", "infinity", "-INFINITY"):
+        message = str(error_for(f"<lora:x:{word}>"))
+        assert f"'{word}' is not a finite number" in message, message
+        assert "did you mean" not in message and "keys need" not in message
+    assert "did you mean 'in'" in str(error_for("<lora:x:info>"))  # a real word is still a word
+
+
+def test_high_key_message_is_consistent_with_the_key_list() -> None:
+    """Regression: 'high=' said "unknown key 'high'" while another message listed high among the keys."""
+    error = error_for("<lora:x:high=1:low=0>")
+    assert "unknown key" not in str(error)
+    assert error.column == 9 and caret_column(error) == 9
+    unknown = str(error_for("<lora:x:tee=1>"))
+    assert "high" not in unknown  # the key list names keys only

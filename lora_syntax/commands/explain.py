@@ -276,17 +276,32 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         print(f"error: --steps must be 1 or more, not {args.steps}", file=sys.stderr)
         return 2
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        print(f"error: cannot write plot '{args.plot}': the plot is a PNG image; give a file name ending in "
+              f".png (e.g. {args.plot.with_suffix('.png').name})", file=sys.stderr)
+        return 2
     try:
         plan = build_plan(parse(args.prompt), args.steps, architecture=args.arch)
     except LoraSyntaxError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.plot is not None and not _plot(plan, args.plot):
+        return 2
     if args.json:
         print(json.dumps(to_json(plan), ensure_ascii=False))
     else:
         print(table(plan))
-    if args.plot is not None:
-        draw_plot(plan, args.plot)
-        if not args.json:
+        if args.plot is not None:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _plot(plan: Plan, path: Path) -> bool:
+    """Draw the plot before printing anything, so that a bad path fails the command with one message
+    (a missing folder, no permission...) and no table or JSON a script could take for success."""
+    try:
+        draw_plot(plan, path)
+    except OSError as error:
+        print(f"error: cannot write plot '{path}': {error.strerror or error}", file=sys.stderr)
+        return False
+    return True

@@ -75,9 +75,22 @@ def save_pipeline(folder: Path, *, vae, text_encoder, tokenizer, unet) -> None:
 
 def load_pipeline(folder: Path):
     """The saved kit model, offline, in fp32 on the CPU."""
-    from diffusers import StableDiffusionPipeline
+    import transformers
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
-                                                   requires_safety_checker=False, torch_dtype=torch.float32)
+    # Loading a 5 MB model should not print library notices about torchvision or loading bars.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
+                                                       requires_safety_checker=False, dtype=torch.float32)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+        diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe

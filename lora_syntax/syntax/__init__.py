@@ -5,9 +5,9 @@ See docs/syntax.md for the language; ``tags.lark`` is its grammar.
 
 from __future__ import annotations
 
-from .format import format_schedule, format_tag
+from .format import format_keyframe, format_schedule, format_tag
 from .model import BlockWeights, Keyframe, LoraTag, ParsedPrompt, Schedule
 from .parser import parse
 
-__all__ = ["BlockWeights", "Keyframe", "LoraTag", "ParsedPrompt", "Schedule", "format_schedule",
+__all__ = ["BlockWeights", "Keyframe", "LoraTag", "ParsedPrompt", "Schedule", "format_keyframe", "format_schedule",
            "format_tag", "parse"]

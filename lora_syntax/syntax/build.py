@@ -47,8 +47,9 @@ def _number(item: RawItem, what: str) -> float:
                          item.pos, "bad number")
     value = float(item.text)
     if not math.isfinite(value):
-        raise TagProblem(f"bad number {item.text!r} for {what}: it is not finite; use a number such as 0.8",
-                         item.pos, "bad number")
+        # nan/inf/infinity lex as numbers (tags.lark) so that they get this message, like 1e999 does
+        raise TagProblem(f"bad number {item.text!r} for {what}: {item.text!r} is not a finite number; use a "
+                         f"number such as 0.8", item.pos, "bad number")
     return value
 
 
@@ -114,12 +115,14 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
     return frozen(Schedule, {"keyframes": tuple(frames)})
 
 
-def _dyn(items: tuple[RawItem, ...]) -> int:
+def _dyn(items: tuple[RawItem, ...]) -> int | None:
+    """The rank to keep; 0 means no truncation (None), as the LyCORIS extension documents it: A1111 passes
+    int(0) on and slices the rank to nothing, a zero update no one means to ask for."""
     item = items[0]
-    if len(items) != 1 or item.kind != "number" or not _STEP.fullmatch(item.text) or int(item.text) < 1:
-        raise TagProblem(f"bad number {item.text!r} for dyn: expected a whole number of dimensions >= 1",
-                         item.pos, "bad number")
-    return int(item.text)
+    if len(items) != 1 or item.kind != "number" or not _STEP.fullmatch(item.text):
+        raise TagProblem(f"bad number {item.text!r} for dyn: expected a whole number of dimensions "
+                         f"(0 = the full rank), e.g. dyn=16", item.pos, "bad number")
+    return int(item.text) or None
 
 
 def _modules(items: tuple[RawItem, ...]) -> tuple[str, ...]:
@@ -154,6 +157,10 @@ def _bad_lbw(item: RawItem) -> float:
 
 def _named(arg: RawArg, fields: dict[str, object], seen: dict[str, int]) -> None:
     key = (arg.key or "").lower()
+    if key in STAGES:
+        raise TagProblem(f"{arg.key!r} is not a key: high/low are bare words that pick the Wan 2.2 stage, "
+                         f"e.g. <lora:x:1:{key}>; for a weight per stage write one tag per stage "
+                         f"(<lora:x:1:high> <lora:x:0.5:low>)", arg.key_pos, "unknown key")
     if key not in KEYS:
         raise TagProblem(f"unknown key {arg.key!r}" + _did_you_mean(key, KEYS), arg.key_pos, "unknown key")
     if key in seen:
@@ -170,6 +177,15 @@ def _named(arg: RawArg, fields: dict[str, object], seen: dict[str, int]) -> None
         fields[_FIELD.get(key, key)] = _schedule(arg.items, key)
 
 
+def _word_problem(word: str) -> str:
+    """A bare word that is neither high nor low: a key without '=' most of the time."""
+    close = _did_you_mean(word, (*KEYS, *STAGES))
+    if close.startswith(" (did you mean"):
+        return f"unexpected word {word!r}{close} — keys need '=' (te=0.5)"
+    return (f"unexpected word {word!r}: expected a weight (0.8), key=value with a key of {', '.join(KEYS)}, "
+            f"or the bare word high or low")
+
+
 def _positional(arg: RawArg, index: int, fields: dict[str, object], seen: dict[str, int]) -> int:
     """Handles one positional value; returns the next positional index."""
     first = arg.items[0]
@@ -181,8 +197,7 @@ def _positional(arg: RawArg, index: int, fields: dict[str, object], seen: dict[s
         fields["stage"] = first.text.lower()
         return index
     if len(arg.items) == 1 and first.kind == "word":
-        raise TagProblem(f"unexpected word {first.text!r}" + _did_you_mean(first.text, (*KEYS, *STAGES))
-                         + " — keys need '=' (te=0.5)", first.pos, "unknown key")
+        raise TagProblem(_word_problem(first.text), first.pos, "unknown key")
     slots = ("strength", "unet", "dyn")
     if index >= len(slots):
         raise TagProblem("too many positional values: the form is <lora:NAME:TE:UNET:DYN>; name the others "

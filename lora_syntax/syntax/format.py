@@ -28,6 +28,11 @@ def _keyframe(frame: Keyframe) -> str:
     return f"{_number(frame.value)}@{_fixed(frame.at)}"
 
 
+def format_keyframe(frame: Keyframe) -> str:
+    """``0.6@6``, ``1@50%``: one keyframe as plan warnings quote it."""
+    return _keyframe(frame)
+
+
 def format_schedule(schedule: Schedule) -> str:
     """``0.8``, ``0.1@1,0.6@6`` or ``lerp(0@0,1@10)``."""
     body = ",".join(_keyframe(frame) for frame in schedule.keyframes)

@@ -29,13 +29,17 @@ class Keyframe:
     unit: Unit = "step"
 
     def start_step(self, steps: int) -> int:
-        """The 1-based step this keyframe takes effect at (may exceed ``steps``: never)."""
+        """The 1-based step this keyframe takes effect at.
+
+        A fraction f starts at floor(f x steps) + 1, clamped to ``steps``: f = 1.0 / 100% means the last
+        step (so ``lerp(0@0,1@100%)`` reaches 1), not a step after the run. An integer step may exceed
+        ``steps`` (it never applies; the plan warns)."""
         if self.at is None:
             return 1
         if self.unit == "step":
             return max(1, int(self.at))
         fraction = self.at / 100.0 if self.unit == "percent" else self.at
-        return int(fraction * steps + 1e-9) + 1
+        return min(int(fraction * steps + 1e-9) + 1, steps)
 
 
 @dataclass(frozen=True)
