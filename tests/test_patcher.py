@@ -45,13 +45,8 @@ def lora(out_f, in_f, rank=2, seed=0, kernel=(), alpha=None):
     return LoraAdapter(up=up, down=down, alpha=alpha)
 
 
-@dataclass(frozen=True, eq=False)
-class Scale(Adapter):
-    """Non-additive stand-in: W' = W * (1 + m * s)."""
-
-    kind: ClassVar[str] = "scale"
-    additive: ClassVar[bool] = False
-    s: float = 0.5
+class StandIn(Adapter):
+    """Test adapters are built directly, never picked from file keys."""
 
     @classmethod
     def claims(cls, params):
@@ -60,6 +55,15 @@ class Scale(Adapter):
     @classmethod
     def from_params(cls, params):
         raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class Scale(StandIn):
+    """Non-additive stand-in: W' = W * (1 + m * s)."""
+
+    kind: ClassVar[str] = "scale"
+    additive: ClassVar[bool] = False
+    s: float = 0.5
 
     def delta(self, weight):
         return weight.float() * self.s
@@ -69,19 +73,11 @@ class Scale(Adapter):
 
 
 @dataclass(frozen=True, eq=False)
-class Broken(Adapter):
+class Broken(StandIn):
     """Fails while computing its delta (after the shape check passes)."""
 
     kind: ClassVar[str] = "broken"
     error: type = RuntimeError
-
-    @classmethod
-    def claims(cls, params):
-        return False
-
-    @classmethod
-    def from_params(cls, params):
-        raise NotImplementedError
 
     def delta(self, weight):
         if weight.device.type == "meta":
@@ -90,17 +86,9 @@ class Broken(Adapter):
 
 
 @dataclass(frozen=True, eq=False)
-class BiasOnly(Adapter):
+class BiasOnly(StandIn):
     kind: ClassVar[str] = "biasonly"
     b: torch.Tensor = None
-
-    @classmethod
-    def claims(cls, params):
-        return False
-
-    @classmethod
-    def from_params(cls, params):
-        raise NotImplementedError
 
     def delta(self, weight):
         return torch.zeros_like(weight, dtype=torch.float32)
