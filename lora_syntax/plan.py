@@ -215,6 +215,7 @@ class _Core(NamedTuple):
     cache: dict
     stack: dict[str, "_StackEntry"]   # group -> its peak and per-step |w| for the stack warning
     notes: tuple[str, ...]            # keyframes that misbehave over this run (the tag's text not included)
+    quiet: bool                       # no warning at all (lbw fits, no notes): one test per tag on a warm plan
 
 
 _CORES: dict[tuple, _Core] = {}
@@ -234,14 +235,15 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     te_live = (allowed is None or not allowed.isdisjoint(TEXT_ENCODERS)) and lbw.group_scale["te"] != 0
     unet_live = (allowed is None or not allowed.isdisjoint(DENOISERS)) and not lbw.denoiser_zero
     groups = (["te"] if te_live else []) + (["unet", "in", "mid", "out"] if unet_live else [])
-    peaks, points, is_zero = _schedule_facts(schedules, groups, steps)
+    peaks, points, is_zero, in_order = _schedule_facts(schedules, groups, steps)
     if len(_CORES) >= _CORES_MAX:
         _CORES.clear()
     shared: dict[tuple, _StackEntry] = {}
     stack = {group: _stack_entry(group, schedules[group], peaks[id(schedules[group])], steps, lbw, allowed,
                                  is_zero, shared) for group in GROUPS}
-    found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack,
-                                _keyframe_notes(tag, steps))
+    notes = () if in_order else _keyframe_notes(tag, steps)
+    found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack, notes,
+                                lbw.fits and not notes)
     return found
 
 
@@ -251,13 +253,28 @@ _SCHEDULE_FIELDS = (("strength", "strength"), ("te", "te="), ("unet", "unet="), 
 
 def _keyframe_notes(tag: LoraTag, steps: int) -> tuple[str, ...]:
     """Keyframes that do nothing over ``steps`` steps. Units resolve only with the step count, so this is the
-    plan's to say (the syntax refuses a backward keyframe only within one unit, where the text shows it)."""
+    plan's to say (the syntax refuses a backward keyframe only within one unit, where the text shows it).
+    ``_core`` calls it only when a schedule the plan uses fails ``_in_order`` (checked in ``_schedule_facts``,
+    in its one pass over the distinct schedules, so a cold plan stays cheap); a
+    strength that te= and unet= both override is not used, and not reported."""
     notes: list[str] = []
+    fields_of = tag.__dict__  # the fields of a built tag (``frozen``): no getattr per field on a cold plan
     for field_name, label in _SCHEDULE_FIELDS:
-        schedule = getattr(tag, field_name)
-        if schedule is not None and not schedule.is_constant:
+        schedule = fields_of[field_name]
+        if schedule is not None and not schedule.is_constant and not _in_order(schedule, steps):
             notes += _schedule_notes(schedule, label, steps)
     return tuple(notes)
+
+
+def _in_order(schedule: Schedule, steps: int) -> bool:
+    """Every keyframe starts inside the run, after the one before: the usual case, checked without a generator."""
+    previous = 0
+    for frame in schedule.keyframes:
+        start = frame.start_step(steps)
+        if start <= previous or start > steps:
+            return False
+        previous = start
+    return True
 
 
 def _schedule_notes(schedule: Schedule, label: str, steps: int) -> Iterator[str]:
@@ -279,16 +296,22 @@ def _schedule_notes(schedule: Schedule, label: str, steps: int) -> Iterator[str]
 
 
 def _schedule_facts(schedules: dict[str, Schedule], live: list[str],
-                    steps: int) -> tuple[dict[int, float], tuple[int, ...], bool]:
-    """(largest |weight| by schedule id, change points of the ``live`` groups, whether they are all 0).
+                    steps: int) -> tuple[dict[int, float], tuple[int, ...], bool, bool]:
+    """(largest |weight| by schedule id, change points of the ``live`` groups, whether they are all 0,
+    whether every schedule's keyframes are in step order inside the run: see ``_keyframe_notes``).
 
     Groups mostly share one schedule object, so each distinct one is looked at once; none is expanded
     step by step unless it is a lerp (see schedule.peak / change_steps)."""
-    distinct = {id(s): s for s in schedules.values()}
-    peaks = {ident: peak(s, steps) for ident, s in distinct.items()}
+    peaks, in_order = {}, True
+    for schedule in schedules.values():
+        ident = id(schedule)
+        if ident not in peaks:
+            peaks[ident] = peak(schedule, steps)
+            if in_order and not schedule.is_constant:
+                in_order = _in_order(schedule, steps)
     used = {id(schedules[group]): schedules[group] for group in live}.values()
     points = tuple(sorted(set().union(*(change_steps(s, steps) for s in used if not s.is_constant))))
-    return peaks, points, not any(peaks[id(s)] for s in used)
+    return peaks, points, not any(peaks[id(s)] for s in used), in_order
 
 
 class _StackEntry:
@@ -342,12 +365,16 @@ def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple
 def _plan_tag(tag: LoraTag, steps: int, architecture: str | None) -> tuple[LoraPlan, tuple[str, ...]]:
     """The plan of one tag and every warning about it (lbw, keyframes), each naming the tag."""
     core = _core(tag, steps, architecture)
-    warnings = () if core.lbw.fits else (_lbw_warning(tag, architecture),)
-    if core.notes:
-        warnings += tuple(f"{tag.text}: {note}" for note in core.notes)
+    warnings = () if core.quiet else _tag_warnings(tag, core, architecture)
     plan = _new_plan(tag.name, tag, steps, tag.dyn, core.allowed, core.vectors, core.lbw.multipliers,
                      core.lbw.group_scale, core.lbw.covered, core.points, core.is_zero, core.cache, core.stack)
     return plan, warnings
+
+
+def _tag_warnings(tag: LoraTag, core: _Core, architecture: str | None) -> tuple[str, ...]:
+    """The lbw warning and the keyframe notes of one tag, each naming it (its text: equal cores may differ)."""
+    warnings = () if core.lbw.fits else (_lbw_warning(tag, architecture),)
+    return warnings + tuple(f"{tag.text}: {note}" for note in core.notes)
 
 
 def _new_plan(*values) -> LoraPlan:
