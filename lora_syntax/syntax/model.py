@@ -20,6 +20,16 @@ def frozen(cls, values: dict):
     return made
 
 
+def _memo(record: object, slot: str, compute):
+    """``compute()`` kept in a frozen record's ``__dict__`` under ``slot``: hashes and derived facts the plan
+    asks of the same record many times per prompt."""
+    found = record.__dict__.get(slot)
+    if found is None:
+        found = compute()
+        object.__setattr__(record, slot, found)
+    return found
+
+
 @dataclass(frozen=True)
 class Keyframe:
     """``value@at``: ``value`` from the step ``at`` designates (``at`` None: from the start)."""
@@ -51,20 +61,13 @@ class Schedule:
 
 
     def __hash__(self) -> int:  # memoised: schedules key the plan caches, hashed on every plan
-        found = self.__dict__.get("_hash")
-        if found is None:
-            found = hash(("schedule", *(getattr(self, f) for f in ("keyframes", "interpolation"))))
-            object.__setattr__(self, "_hash", found)
-        return found
+        return _memo(self, "_hash", lambda: hash(("schedule", self.keyframes, self.interpolation)))
 
     @property
     def is_constant(self) -> bool:
         """One plain number (memoised like the hash: planning asks it of every schedule several times)."""
-        found = self.__dict__.get("_constant")
-        if found is None:
-            found = len(self.keyframes) == 1 and self.keyframes[0].at is None and self.interpolation == "switch"
-            object.__setattr__(self, "_constant", found)
-        return found
+        return _memo(self, "_constant", lambda: len(self.keyframes) == 1 and self.keyframes[0].at is None
+                     and self.interpolation == "switch")
 
     @classmethod
     def constant(cls, value: float) -> "Schedule":
@@ -78,12 +81,8 @@ class BlockWeights:
     preset: str | None = None
     values: tuple[float, ...] = ()
 
-    def __hash__(self) -> int:  # memoised: schedules key the plan caches, hashed on every plan
-        found = self.__dict__.get("_hash")
-        if found is None:
-            found = hash(("lbw", *(getattr(self, f) for f in ("preset", "values"))))
-            object.__setattr__(self, "_hash", found)
-        return found
+    def __hash__(self) -> int:  # memoised: block weights key the plan caches too
+        return _memo(self, "_hash", lambda: hash(("lbw", self.preset, self.values)))
 
 
 @dataclass(frozen=True)
@@ -110,11 +109,7 @@ class LoraTag:
 
     def content_key(self) -> tuple:
         """Every field but ``text`` and ``span``: equal for the same tag typed at another place."""
-        found = self.__dict__.get("_content")
-        if found is None:
-            found = tuple(getattr(self, f) for f in _CONTENT_FIELDS)
-            object.__setattr__(self, "_content", found)
-        return found
+        return _memo(self, "_content", lambda: tuple(getattr(self, f) for f in _CONTENT_FIELDS))
 
     @classmethod
     def build(cls, values: dict) -> "LoraTag":
