@@ -26,17 +26,10 @@ def lora_state_dict(pipe, components=("unet", "text_encoder"), *, rank: int = 4,
 
 
 def write_lora(folder: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
-    """Save ``state``; pads the metadata when the header length's bytes happen to look like a pickle
-    opcode pair (e.g. 0x28 0x94), which the loader's pickle sniffing refuses."""
-    from lora_syntax.io import sniff_pickle
-
+    """Save ``state`` as ``folder/name.safetensors``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"
-    tensors = {k: v.contiguous() for k, v in state.items()}
-    for pad in range(8):
-        save_file(tensors, str(path), metadata={"pad": "x" * pad})
-        if sniff_pickle(path.read_bytes()[:16]) is None:
-            break
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
 
 

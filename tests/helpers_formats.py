@@ -113,7 +113,7 @@ def fused_weights(pipe, state_dict: Mapping[str, torch.Tensor], components: Iter
 
 def inventory_state_dict(path: Path, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict in exactly the layout of a key inventory (small random values, alpha = 8)."""
-    gen = torch.Generator().manual_seed(seed)
+    from helpers_flux import synthesise
+
     keys = json.loads(path.read_text(encoding="utf-8"))["keys"]
-    return {k: (torch.full(shape, 0.01) if shape else torch.tensor(8.0))
-            for k, shape in keys.items()}
+    return synthesise({key: tuple(shape) for key, shape in keys.items()}, torch.float32, seed)
