@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import torch
@@ -75,6 +75,8 @@ def check_name(name: str) -> str:
 
 def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
     """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters)."""
+    if value is None or isinstance(value, (str, bytes, int, float, PurePath)):
+        return 0   # the common leaves (keys, names, alphas): no need to look inside
     seen = set() if seen is None else seen
     if id(value) in seen:
         return 0

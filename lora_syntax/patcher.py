@@ -9,9 +9,12 @@ N_1..N_k are the non-additive adapters (DoRA, OFT, IA3, GLoRA...) applied after 
 Plain low-rank adapters of a module form ONE GEMM of rank sum(r): ``W0 + (U * m) @ D`` with the
 up-factors concatenated into ``U`` (columns scaled by each entry's weight) and the downs into ``D``.
 
-The patcher owns the originals: each touched tensor is backed up once (on its device when memory
-allows, else on the CPU), every new weight set is recomputed from the backup (never subtracted), and
-:meth:`Patcher.restore` copies the backups back. Any failure while writing weights restores every
+The patcher owns the originals and never writes into them. A touched parameter is switched to an
+engine-owned tensor (``param.data = buffer``) that receives every fused weight set; restoring switches the
+original tensor back, so it is bit-exact by construction and costs no copy. Where the device lacks room
+for those buffers (CUDA, less than :data:`DEVICE_BACKUP_MARGIN` left), the original is copied to the CPU
+instead and the fused weights are written in place; restoring then copies it back. Every weight set is
+recomputed from the original (never subtracted). Any failure while writing weights restores every
 touched module before the error leaves, so the model is never left half-patched.
 """
 
@@ -27,7 +30,7 @@ from .adapters.base import Adapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
 from .targets import ModuleTarget
 
-# Keep backups on an accelerator only when this much memory stays free afterwards.
+# Give fused weights their own buffers on an accelerator only when this much memory stays free afterwards.
 DEVICE_BACKUP_MARGIN = 1 << 30
 
 
@@ -66,14 +69,66 @@ class ApplyReport:
     seconds: float
 
 
+class _Owned:
+    """One parameter (weight or bias) the patcher has taken over: its original tensor and where fused values go.
+
+    Swap mode: ``original`` is the module's own tensor, left untouched; fused values are written into
+    ``buffer``, which is installed as the parameter's data. Copy mode (no room for a buffer on the device):
+    ``original`` is a CPU copy and fused values are written into the parameter itself.
+    """
+
+    __slots__ = ("param", "original", "buffer")
+
+    def __init__(self, param: torch.Tensor, room_on_device: bool) -> None:
+        self.param = param
+        data = param.detach()
+        if room_on_device:
+            self.original, self.buffer = data, torch.empty_like(data, memory_format=torch.contiguous_format)
+        else:
+            self.original, self.buffer = data.to("cpu", copy=True), None
+
+    @property
+    def target(self) -> torch.Tensor:
+        """The tensor fused values are written into."""
+        if self.buffer is not None:
+            data = self.param.data
+            if not (_same_storage(data, self.buffer) or _same_storage(data, self.original)):
+                self.buffer = None   # the host replaced the parameter's data (module.to): write into it now
+        return self.buffer if self.buffer is not None else self.param.data
+
+    @property
+    def extra_bytes(self) -> int:
+        held = self.buffer if self.buffer is not None else self.original
+        return held.numel() * held.element_size()
+
+    def install(self) -> None:
+        """Make the parameter show the fused values (swap mode: point it at the buffer)."""
+        if self.buffer is not None and not _same_storage(self.param.data, self.buffer):
+            self.param.data = self.buffer
+
+    def restore(self) -> None:
+        """Give the parameter its original values back, bit for bit."""
+        data = self.param.data
+        if _same_storage(data, self.original):
+            return
+        if self.buffer is not None and _same_storage(data, self.buffer):
+            self.param.data = self.original   # swap back: no copy, nothing rounded
+        else:                                   # copy mode, or the host moved the parameter since
+            data.copy_(self.original)
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 @dataclass
 class _Slot:
-    """Live state of one patched module: its parameters, backups and cached factors (private)."""
+    """Live state of one patched module: its owned parameters and cached factors (private)."""
 
     stack: ModuleStack
     module: torch.nn.Module
-    backup_weight: torch.Tensor | None = None
-    backup_bias: torch.Tensor | None = None
+    weight: _Owned | None = None
+    bias: _Owned | None = None
     low_up: torch.Tensor | None = None      # (out, sum r) concatenated up factors, fp32
     low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, fp32
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
@@ -81,11 +136,11 @@ class _Slot:
     current: tuple[float, ...] | None = None
     extra_bytes: int = 0
     cached: bool = False
-    pristine: bool = True                   # the module holds its original weights
+    pristine: bool = True                   # the module shows its original weights
 
     @property
     def touched(self) -> bool:
-        return self.backup_weight is not None
+        return self.weight is not None
 
 
 def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str) -> torch.nn.Module:
@@ -116,20 +171,13 @@ def _check_term(module: torch.nn.Module, term: Term, where: str) -> None:
 
 def _check_shapes(module: torch.nn.Module, term: Term, where: str) -> None:
     shape = module.weight.shape
-    factors = term.adapter.low_rank(shape)
-    if factors is not None:
-        up, down = factors
-        if up.shape[0] * down.shape[1] != shape.numel() or up.shape[1] != down.shape[0]:
-            raise LoraShapeError(f"LoRA {term.name!r} at {where}: factors {tuple(up.shape)} @ {tuple(down.shape)} do "
-                                 f"not fit the weight {tuple(shape)}; the LoRA was made for another model.")
-    else:
-        try:
-            delta = term.adapter.delta(torch.empty(shape, device="meta"))
-        except (NotImplementedError, RuntimeError):
-            delta = None  # an op without a meta kernel: checked for real when applied (still atomic)
-        if delta is not None and delta.shape != shape:
-            raise LoraShapeError(f"LoRA {term.name!r} at {where}: change of shape {tuple(delta.shape)} does not fit "
-                                 f"the weight {tuple(shape)}; the LoRA was made for another model.")
+    try:
+        fitted = term.adapter.check_fits(shape)
+    except (NotImplementedError, RuntimeError):
+        fitted = None  # an op without a meta kernel: checked for real when applied (still atomic)
+    if fitted is not None and tuple(fitted) != tuple(shape):
+        raise LoraShapeError(f"LoRA {term.name!r} at {where}: change of shape {tuple(fitted)} does not fit "
+                             f"the weight {tuple(shape)}; the LoRA was made for another model.")
     bias = term.adapter.bias_delta()
     if bias is not None:
         own = getattr(module, "bias", None)
@@ -185,8 +233,7 @@ class Patcher:
             previous = old.get(key)
             slot = _Slot(stack, module)
             if previous is not None and previous.module is module:
-                slot.backup_weight, slot.backup_bias = previous.backup_weight, previous.backup_bias
-                slot.pristine = previous.pristine
+                slot.weight, slot.bias, slot.pristine = previous.weight, previous.bias, previous.pristine
                 if previous.stack == stack:
                     slot.current = previous.current
             self._slots[key] = slot
@@ -225,7 +272,7 @@ class Patcher:
         return ApplyReport(step, changed, time.perf_counter() - start)
 
     def restore(self) -> None:
-        """Copy every backup back into its module and release the backups (bit-exact)."""
+        """Give every touched module its original tensors back (bit-exact) and release the buffers."""
         errors = []
         for slot in self._slots.values():
             try:
@@ -243,12 +290,10 @@ class Patcher:
 
     @property
     def backup_bytes(self) -> int:
-        """Bytes held for backups and cached factors (the engine's extra memory)."""
+        """Bytes held for fused-weight buffers (or CPU copies) and cached factors: the engine's extra memory."""
         total = 0
         for slot in self._slots.values():
-            for t in (slot.backup_weight, slot.backup_bias):
-                if t is not None:
-                    total += t.numel() * t.element_size()
+            total += sum(owned.extra_bytes for owned in (slot.weight, slot.bias) if owned is not None)
             total += slot.extra_bytes
         return total
 
@@ -259,49 +304,57 @@ class Patcher:
             return
         needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
         for slot in pending:
-            device = _backup_device(slot.module.weight, needed)
-            slot.backup_weight = slot.module.weight.detach().to(device, copy=True)
+            room = _room_on_device(slot.module.weight, needed)
+            slot.weight = _Owned(slot.module.weight, room)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
-                slot.backup_bias = bias.detach().to(device, copy=True)
+                slot.bias = _Owned(bias, room)
 
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
-        weight = slot.module.weight
-        original = slot.backup_weight.to(weight.device)
-        direct = weight.dtype == torch.float32 and weight.is_contiguous() and original is not weight
-        fused = fuse(original, slot, weights, into=weight.data if direct else None)
+        if not any(weights):
+            self._restore_slot(slot, release=False)   # every term back at 0: show the original again
+            slot.current = tuple(weights)
+            return
+        owned = slot.weight
+        target = owned.target
+        original = owned.original.to(target.device)
+        direct = target.dtype == torch.float32 and target.is_contiguous() and original is not target
+        fused = fuse(original, slot, weights, into=target if direct else None)
         if fused is not None:
-            weight.data.copy_(fused)
-        if slot.backup_bias is not None:
-            bias = slot.module.bias
-            base = slot.backup_bias.to(bias.device).float()
+            target.copy_(fused)
+        if slot.bias is not None:
+            base = slot.bias.original.to(slot.bias.target.device).float()
             for term, m in zip(slot.stack.terms, weights):
                 delta = term.adapter.bias_delta()
                 if delta is not None and m != 0.0:
                     base = base + m * delta.to(base.device, torch.float32).reshape(base.shape)
-            bias.data.copy_(base)
+            slot.bias.target.copy_(base)
+            slot.bias.install()
+        owned.install()
         slot.current = tuple(weights)
         slot.pristine = False
 
-    def _restore_slot(self, slot: _Slot) -> None:
+    def _restore_slot(self, slot: _Slot, release: bool = True) -> None:
         with torch.no_grad():
-            if slot.backup_weight is not None:
-                slot.module.weight.data.copy_(slot.backup_weight)
-            if slot.backup_bias is not None:
-                slot.module.bias.data.copy_(slot.backup_bias)
-        slot.backup_weight = slot.backup_bias = None
-        slot.current = None
+            for owned in (slot.weight, slot.bias):
+                if owned is not None:
+                    owned.restore()
+        if release:
+            slot.weight = slot.bias = None
+            slot.current = None
         slot.pristine = True
 
 
-def _backup_device(weight: torch.Tensor, needed: int) -> torch.device:
-    """The weight's own device when ``needed`` more bytes leave a margin free there, else the CPU."""
+def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
+    """Whether ``needed`` more bytes fit beside ``weight`` (CUDA: with a margin left free).
+
+    On the CPU the answer is always yes; elsewhere (CUDA without room, other accelerators) the
+    original goes to the CPU and fused weights are written in place.
+    """
     if weight.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(weight.device)
-        return weight.device if free - needed > DEVICE_BACKUP_MARGIN else torch.device("cpu")
-    if weight.device.type in ("cpu", "meta"):
-        return weight.device
-    return torch.device("cpu")
+        return free - needed > DEVICE_BACKUP_MARGIN
+    return weight.device.type in ("cpu", "meta")
 
 
 def _low_rank_cache(slot: _Slot, device: torch.device) -> None:

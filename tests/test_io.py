@@ -129,6 +129,21 @@ def test_non_finite_tensors_name_the_tensor(tmp_path: Path, bad: float, dtype: t
     assert ("NaN" if bad != bad else "infinite") in message
 
 
+def test_huge_but_finite_values_are_accepted(tmp_path: Path) -> None:
+    # the whole-file norm overflows to inf here; the per-tensor check must still accept the file
+    tensors = {**TENSORS, "lora_unet_b.lora_up.weight": torch.full((4, 4), 3e38)}
+    path = write(tmp_path / "huge.safetensors", tensors)
+    assert torch.equal(load_state_dict(path)["lora_unet_b.lora_up.weight"], tensors["lora_unet_b.lora_up.weight"])
+
+
+def test_nan_in_one_dtype_of_a_mixed_file_is_found(tmp_path: Path) -> None:
+    tensors = {**TENSORS, "x.alpha": torch.tensor(4.0, dtype=torch.float64),
+               "lora_unet_b.lora_down.weight": torch.tensor([[1.0, float("nan")]], dtype=torch.bfloat16)}
+    path = write(tmp_path / "mixed.safetensors", tensors)
+    with pytest.raises(LoraFileError, match=r"NaN values in tensor 'lora_unet_b\.lora_down\.weight'"):
+        load_state_dict(path)
+
+
 def test_integer_tensors_are_not_checked_for_nan(tmp_path: Path) -> None:
     path = write(tmp_path / "ints.safetensors", {"steps": torch.tensor([1, 2], dtype=torch.int64)})
     assert load_state_dict(path)["steps"].tolist() == [1, 2]

@@ -178,7 +178,11 @@ def test_error_midway_restores_everything(error):
     assert p.backup_bytes == 0
 
 
-def test_random_sequences_restore_bitwise():
+@pytest.mark.parametrize("room", [True, False], ids=["swap", "copy"])
+def test_random_sequences_restore_bitwise(room, monkeypatch):
+    import lora_syntax.patcher as patcher_module
+
+    monkeypatch.setattr(patcher_module, "_room_on_device", lambda weight, needed: room)
     rng = random.Random(1234)
     for _ in range(25):
         net = Net(rng.choice([torch.float32, torch.float16, torch.bfloat16]))
@@ -246,5 +250,67 @@ def test_zero_weights_on_pristine_module_write_nothing():
     assert p.apply(2).modules == 1
     assert p.apply(3).modules == 1        # back to 0: the original must be written again
     assert torch.equal(net.a.weight, before[0]["a.weight"])
+    p.restore()
+    assert_same(before, net)
+
+
+def test_original_tensors_are_never_written_and_come_back_by_swap():
+    net = Net(torch.float16)
+    original = net.a.weight.data            # the module's own tensor object
+    saved = original.clone()
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (1.0, 0.5, 0.0)))])
+    for step in (1, 2, 3, 2):
+        p.apply(step)
+        assert torch.equal(original, saved)  # fused values went to an engine buffer, not into it
+    assert net.a.weight.data_ptr() != original.data_ptr()
+    p.restore()
+    assert net.a.weight.data_ptr() == original.data_ptr() and torch.equal(net.a.weight, saved)
+    assert p.backup_bytes == 0
+
+
+def test_weights_back_at_zero_show_the_original_tensor_again():
+    net = Net()
+    original = net.a.weight.data
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", lora(6, 8), (1.0, 0.0)))])
+    p.apply(1)
+    assert net.a.weight.data_ptr() != original.data_ptr()
+    assert p.apply(2).modules == 1
+    assert net.a.weight.data_ptr() == original.data_ptr()
+
+
+def test_copy_mode_when_the_device_has_no_room(monkeypatch):
+    import lora_syntax.patcher as patcher_module
+
+    monkeypatch.setattr(patcher_module, "_room_on_device", lambda weight, needed: False)
+    net = Net(torch.bfloat16)
+    before = snapshot(net)
+    own = net.a.weight.data_ptr()
+    l1 = lora(6, 8, seed=3)
+    w0 = net.a.weight.detach().float().clone()
+    p = Patcher({"net": net})
+    p.load([stack("a", Term("x", l1, (0.5, 1.0)))])
+    p.apply(1)
+    assert net.a.weight.data_ptr() == own      # written in place; the original waits on the CPU
+    assert torch.equal(net.a.weight, (w0 + 0.5 * l1.delta(w0)).bfloat16())
+    assert p.backup_bytes >= net.a.weight.numel() * 2
+    p.apply(2)
+    p.restore()
+    assert_same(before, net)
+
+
+def test_restore_after_the_host_moved_the_parameter():
+    # a host replacing the parameter's data (module.to(...)) after patching: restore copies the original in
+    net = Net()
+    before = snapshot(net)
+    p = Patcher({"net": net})
+    l1 = lora(6, 8)
+    w0 = net.a.weight.detach().clone()
+    p.load([stack("a", Term("x", l1, (1.0, 0.5)))])
+    p.apply(1)
+    net.a.weight.data = net.a.weight.data.clone()
+    p.apply(2)                                  # still reaches the weights the module now uses
+    torch.testing.assert_close(net.a.weight, w0 + 0.5 * l1.delta(w0), rtol=1e-6, atol=1e-6)
     p.restore()
     assert_same(before, net)

@@ -47,6 +47,12 @@ class Adapter(ABC):
         w = weight.float()
         return w + multiplier * self.delta(w)
 
+    def check_fits(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
+        """The shape of this adapter's change of a weight of ``shape``; a :class:`LoraShapeError` (or a
+        ``RuntimeError`` from the arithmetic) when it does not fit. Computed on ``meta`` tensors by default;
+        types whose shape is plain arithmetic override it, since loading checks every module."""
+        return self.to("meta").delta(torch.empty(shape, device="meta")).shape
+
     def low_rank(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(up, down)`` fp32 matrices with ``(up @ down).reshape(shape) == delta``, scale folded
         into ``up``; ``None`` when the type has no plain low-rank form (the engine then uses ``delta``).

@@ -90,6 +90,11 @@ class LoraAdapter(ShapesRepr, Adapter):
         full = lora_delta(f32(self.up, weight), f32(self.down, weight), mid, self.scale)
         return fit(full, weight.shape, "LoRA", self.where)
 
+    def check_fits(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
+        kernel = (self.mid if self.mid is not None else self.down).shape[2:]
+        natural = (self.out_features, int(self.down.shape[1]), *kernel)
+        return fit(torch.empty(natural, device="meta"), shape, "LoRA", self.where).shape
+
     def low_rank(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         up, down = lora_factors(self.up, self.down, self.mid, self.scale)
         if up.shape[0] * down.shape[1] != torch.Size(shape).numel():
