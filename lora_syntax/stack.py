@@ -59,7 +59,8 @@ def check_architecture(loaded: LoadedLora, architecture: str | None, name: str) 
 
 
 def merge_entries(items: Sequence[tuple[WeightSource, LoadedLora]]) -> tuple[tuple[StackEntry, ...], tuple[str, ...]]:
-    """Entries in tag order with same-file tags merged (first tag's position); warnings for each merge."""
+    """Entries in tag order with same-file tags merged (first tag's position); a warning for each merge of
+    different names (``sepia`` and ``styles/sepia``); the same name twice is the plan's warning."""
     order: list[tuple[Path, int | None]] = []
     grouped: dict[tuple[Path, int | None], list[tuple[WeightSource, LoadedLora]]] = {}
     for plan, loaded in items:
@@ -71,7 +72,7 @@ def merge_entries(items: Sequence[tuple[WeightSource, LoadedLora]]) -> tuple[tup
     entries, warnings = [], []
     for key in order:
         group = grouped[key]
-        if len(group) > 1:
+        if len({p.name.casefold() for p, _ in group}) > 1:   # one name used twice: the plan has said so
             names = ", ".join(repr(p.name) for p, _ in group)
             warnings.append(f"tags {names} use the same file {key[0].name}; it is applied once with their "
                             "weights added")
