@@ -20,6 +20,7 @@ touched module before the error leaves, so the model is never left half-patched.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,10 +134,19 @@ class _Slot:
     low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, fp32
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
     low_ranks: tuple[int, ...] = ()
+    other_terms: tuple[int, ...] = ()       # term indices outside the GEMM (other types, non-additive)
     current: tuple[float, ...] | None = None
+    schedule: tuple[tuple[float, ...], ...] = ()   # the terms' weights per step (index 0 = step 1)
     extra_bytes: int = 0
     cached: bool = False
     pristine: bool = True                   # the module shows its original weights
+
+    def __post_init__(self) -> None:
+        steps = max((len(t.weights) for t in self.stack.terms), default=1)
+        self.schedule = tuple(self.stack.weights_at(s) for s in range(1, steps + 1))
+
+    def weights_at(self, step: int) -> tuple[float, ...]:
+        return self.schedule[min(max(step, 1), len(self.schedule)) - 1]
 
     @property
     def touched(self) -> bool:
@@ -259,7 +269,7 @@ class Patcher:
             with torch.no_grad():
                 self._make_backups()
                 for slot in self._slots.values():
-                    weights = slot.stack.weights_at(step)
+                    weights = slot.weights_at(step)
                     if slot.pristine and not any(weights):
                         slot.current = weights  # all terms at 0: the original weights are already there
                     elif weights != slot.current:
@@ -376,10 +386,13 @@ def _low_rank_cache(slot: _Slot, device: torch.device) -> None:
         slot.low_up, slot.low_down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
     slot.low_terms, slot.low_ranks, slot.cached = tuple(terms), tuple(ranks), True
+    slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
 
 
-def _rank_scale(weights: Sequence[float], ranks: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Each entry's weight repeated over its rank's columns of the concatenated up-factor."""
+@functools.lru_cache(maxsize=256)
+def _rank_scale(weights: tuple[float, ...], ranks: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Each entry's weight repeated over its rank's columns of the concatenated up-factor (cached: most
+    modules of a stack share their weights, and building a small tensor costs more than the lookup)."""
     return torch.tensor([w for w, r in zip(weights, ranks) for _ in range(r)], device=device, dtype=torch.float32)
 
 
@@ -394,11 +407,11 @@ def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
         _low_rank_cache(slot, original.device)
     w0 = original.float()
     shape = w0.shape
-    low = [weights[i] for i in slot.low_terms]
-    others = any(m != 0.0 for i, m in enumerate(weights) if i not in slot.low_terms)
+    low = tuple(weights) if not slot.other_terms else tuple(weights[i] for i in slot.low_terms)
+    others = any(weights[i] != 0.0 for i in slot.other_terms)
     fused = None
-    if any(m != 0.0 for m in low):
-        if len(set(low)) == 1:  # one weight for all: fold it into addmm's alpha, no scaled copy of U
+    if any(low):
+        if low.count(low[0]) == len(low):  # one weight for all: fold it into addmm's alpha, no scaled U
             up, alpha = slot.low_up, low[0]
         else:
             up, alpha = slot.low_up * _rank_scale(low, slot.low_ranks, w0.device), 1.0
@@ -409,11 +422,10 @@ def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
     if not others:
         return w0.clone() if fused is None else fused
     fused = w0.clone() if fused is None else fused
-    low_set = set(slot.low_terms)
-    for index, (term, m) in enumerate(zip(slot.stack.terms, weights)):
-        if index in low_set or m == 0.0 or not term.adapter.additive:
-            continue
-        fused = fused + m * term.adapter.delta(w0).to(fused.device, torch.float32)
+    for index in slot.other_terms:
+        term, m = slot.stack.terms[index], weights[index]
+        if m != 0.0 and term.adapter.additive:
+            fused = fused + m * term.adapter.delta(w0).to(fused.device, torch.float32)
     for term, m in zip(slot.stack.terms, weights):
         if not term.adapter.additive and m != 0.0:
             fused = term.adapter.patched(fused, m).to(torch.float32)
