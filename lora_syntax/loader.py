@@ -2,8 +2,9 @@
 
     file --io.load_state_dict--> tensors --detect_architecture--> refuse another family
          --pick_dialect.group--> ModuleParams --build_adapter (+ sliced rows)--> ModulePatch (with block id)
-Every adapter's weight change is shape-checked against its module on the ``meta`` device (nothing big
-is materialised) before anything is returned, so a LoRA either maps whole or fails with a named error.
+Every adapter's weight change is shape-checked against its module (``Adapter.check_fits``: arithmetic
+or the ``meta`` device, nothing big is materialised) before anything is returned, so a LoRA either maps
+whole or fails with a named error.
 """
 
 from __future__ import annotations

@@ -382,8 +382,11 @@ def _low_rank_cache(slot: _Slot, device: torch.device) -> None:
         downs.append(down.to(device, torch.float32))
         terms.append(index)
         ranks.append(up.shape[1])
-    if terms:
+    if len(terms) == 1:   # one LoRA on this module (the common case): its factors as they are, no copy
+        slot.low_up, slot.low_down = ups[0], downs[0]
+    elif terms:
         slot.low_up, slot.low_down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
+    if terms:
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
     slot.low_terms, slot.low_ranks, slot.cached = tuple(terms), tuple(ranks), True
     slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)

@@ -10,6 +10,7 @@ from lora_syntax.adapters import (
     DoraAdapter, FullAdapter, GloraAdapter, Ia3Adapter, LohaAdapter, LokrAdapter, LoraAdapter, NormAdapter,
     RowSlice, build_adapter, sliced,
 )
+from lora_syntax.adapters.base import Adapter
 from lora_syntax.adapters.dora import dora_weight
 from lora_syntax.errors import LoraFileError, LoraShapeError
 
@@ -57,6 +58,18 @@ def test_signature_selects_the_type(name):
     assert type(adapter) is cls and adapter.kind == kind and adapter.where == "unet.x"
     delta = adapter.delta(rnd(*shape, seed=9))
     assert delta.dtype == torch.float32 and delta.shape == shape
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shape_check_agrees_with_the_meta_computation(name):
+    params, shape, _, _ = CASES[name]
+    adapter = build_adapter(params, where="unet.x")
+    assert adapter.check_fits(shape) == Adapter.check_fits(adapter, shape) == torch.Size(shape)
+    flat = (shape[0], torch.Size(shape[1:]).numel()) if len(shape) > 1 else shape
+    assert adapter.check_fits(flat) == torch.Size(flat)      # a conv LoRA may patch a linear of the same size
+    wrong = tuple(n + 1 for n in shape)
+    with pytest.raises((LoraShapeError, RuntimeError)):
+        adapter.check_fits(wrong)
 
 
 def test_leftover_keys_are_named():
