@@ -314,3 +314,36 @@ def test_restore_after_the_host_moved_the_parameter():
     torch.testing.assert_close(net.a.weight, w0 + 0.5 * l1.delta(w0), rtol=1e-6, atol=1e-6)
     p.restore()
     assert_same(before, net)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_the_exact_sum_rounded_once(dtype):
+    # the half-precision path writes fp32 sums straight into the module's dtype: compare with fp64
+    lin = torch.nn.Linear(64, 48).to(dtype)
+    w0 = lin.weight.detach().clone()
+    l1, l2 = lora(48, 64, rank=4, seed=6, alpha=2.0), lora(48, 64, rank=8, seed=7)
+    p = Patcher({"net": torch.nn.ModuleDict({"a": lin})})
+    p.load([stack("a", Term("x", l1, (0.6, 0.6)), Term("y", l2, (0.6, -0.2)))])
+    for step, (m1, m2) in ((1, (0.6, 0.6)), (2, (0.6, -0.2))):
+        p.apply(step)
+        exact = w0.double() + m1 * l1.delta(w0.float()).double() + m2 * l2.delta(w0.float()).double()
+        got, rounded = lin.weight.detach(), exact.to(dtype)
+        assert (got == rounded).float().mean() > 0.999          # fp32 arithmetic: rare last-bit ties differ
+        ulp = (rounded.float().abs() * (2 ** -10 if dtype == torch.float16 else 2 ** -7)).clamp_min(1e-6)
+        assert ((got.float() - rounded.float()).abs() <= ulp).all()
+    p.restore()
+    assert torch.equal(lin.weight, w0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_both_half_precision_write_paths_round_the_same_fp32_sum(dtype):
+    from lora_syntax.patcher import low_rank_into
+
+    g = torch.Generator().manual_seed(8)
+    w0 = torch.randn(40, 24, generator=g).to(dtype)
+    up, down = torch.randn(40, 6, generator=g) * 0.1, torch.randn(6, 24, generator=g) * 0.1
+    by_add, by_copy = torch.empty_like(w0), torch.empty_like(w0)
+    low_rank_into(w0, up, down, 0.7, by_add, half_by_add=True)     # the CUDA way
+    low_rank_into(w0, up, down, 0.7, by_copy, half_by_add=False)   # the CPU way
+    reference = (w0.float() + 0.7 * (up @ down)).to(dtype)
+    assert torch.equal(by_add, reference) and torch.equal(by_copy, reference)
