@@ -161,7 +161,7 @@ def print_timings(load: float, rendered: Rendered, out: Any = None) -> None:
     print(f"load model   {load * 1000:9.1f} ms", file=out)
     print(f"load LoRAs   {t.load * 1000:9.1f} ms", file=out)
     print(f"apply        {t.apply * 1000:9.1f} ms  ({t.applied_modules} modules, "
-          f"{t.backup_bytes / 2**20:.1f} MiB backups)", file=out)
+          f"{t.backup_bytes / 2**20:.1f} MiB held for fused weights)", file=out)
     for r in t.reweights:
         extra = f", re-encode {r.reencode_seconds * 1000:.1f} ms" if r.reencode_seconds else ""
         print(f"re-weight @{r.step:<3} {r.seconds * 1000:7.1f} ms  ({r.modules} modules{extra})", file=out)

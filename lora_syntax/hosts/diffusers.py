@@ -108,7 +108,7 @@ def tensor_inputs(pipe: object) -> list[str]:
 
 
 class LoraSession:
-    """One pipeline's patch state across generations: a patcher holding the backups, a library, a tree.
+    """One pipeline's patch state across generations: a patcher owning the original weights, a library, a tree.
 
     Runs entered with ``keep=True`` leave their weights in place, so the next run with the same stack
     and step-1 weights writes nothing; :meth:`restore` puts the original weights back.
@@ -143,7 +143,7 @@ class LoraSession:
             self.restore(timings)
 
     def restore(self, timings: RunTimings | None = None) -> None:
-        """Copy every original weight back (bit-exact) and drop the backups."""
+        """Give every original weight back (bit-exact) and drop the engine's buffers."""
         start = time.perf_counter()
         self.patcher.restore()
         if timings is not None:
