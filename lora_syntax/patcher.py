@@ -210,10 +210,16 @@ class Patcher:
     ``components`` maps pipeline attribute names (``unet``, ``text_encoder``...) to modules. One patcher
     may be re-loaded with new stacks (:meth:`load`): modules the new stack no longer touches are
     restored, the others keep their backups, so consecutive generations re-use them.
+
+    ``in_place=True`` always uses copy mode: the modules keep their own tensors (same storage, new
+    values) and the originals wait on the CPU. For code that holds the weights' addresses, such as CUDA
+    graphs (``torch.compile(mode="reduce-overhead")``); it costs a copy on restore. A change takes
+    effect for modules patched from then on.
     """
 
-    def __init__(self, components: Mapping[str, torch.nn.Module]) -> None:
+    def __init__(self, components: Mapping[str, torch.nn.Module], *, in_place: bool = False) -> None:
         self.components = dict(components)
+        self.in_place = in_place
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
 
@@ -314,7 +320,7 @@ class Patcher:
             return
         needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
         for slot in pending:
-            room = _room_on_device(slot.module.weight, needed)
+            room = not self.in_place and _room_on_device(slot.module.weight, needed)
             slot.weight = _Owned(slot.module.weight, room)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):

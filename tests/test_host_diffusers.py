@@ -192,3 +192,23 @@ def test_errors_and_interrupts_restore_bitwise(pipe, lora_dir):
                    height=32, width=32, output_type="pt")
     assert out.images.shape == (1, 3, 32, 32)
     assert_bitwise(before, pipe)
+
+
+def test_in_place_runs_keep_the_models_own_tensors(pipe, lora_dir):
+    # for CUDA graphs: same storage, new values; the default run swaps in engine buffers instead
+    before = snapshot(pipe)
+    module = pipe.unet.get_submodule(Q)
+    own = module.weight.data_ptr()
+    with activate(pipe, "a cat <lora:ink:0.5@1,1@2>", lora_dirs=[lora_dir], steps=2, architecture="sd15",
+                  in_place=True) as run:
+        assert module.weight.data_ptr() == own and not torch.equal(module.weight, before["unet." + Q + ".weight"])
+        fused = module.weight.detach().clone()
+        call(pipe, run, steps=2)                     # the change point writes into the same tensor
+        assert module.weight.data_ptr() == own and not torch.equal(module.weight, fused)
+    assert_bitwise(before, pipe)
+    with activate(pipe, "a cat <lora:ink:0.5>", lora_dirs=[lora_dir], steps=2, architecture="sd15",
+                  in_place=False):
+        assert module.weight.data_ptr() != own
+        assert torch.equal(module.weight, fused)     # the same values either way
+    assert_bitwise(before, pipe)
+    assert module.weight.data_ptr() == own

@@ -211,14 +211,19 @@ def session_for(pipe: Any, lora_dirs: Sequence[str | Path] = (), *, library: Any
 @contextlib.contextmanager
 def activate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), steps: int,
              negative_prompt: str | None = None, library: Any = None, architecture: str | None = None,
-             keep: bool = False) -> Iterator[ActiveRun]:
+             keep: bool = False, in_place: bool | None = None) -> Iterator[ActiveRun]:
     """Apply the LoRA tags of ``prompt`` to ``pipe`` for a ``steps``-step run (see the module docstring).
 
     ``keep=True`` leaves the weights patched after the block so that the next run with the same stack
-    costs nothing; call :func:`restore` to undo. Errors are :class:`~lora_syntax.errors.LoraError`s and
-    always leave the model restored.
+    costs nothing; call :func:`restore` to undo. ``in_place=True`` writes fused weights into the model's
+    own tensors instead of engine buffers (for CUDA graphs; see :class:`~lora_syntax.patcher.Patcher`);
+    ``None`` keeps the session's choice (default: buffers). Errors are
+    :class:`~lora_syntax.errors.LoraError`s and always leave the model restored.
     """
     session = session_for(pipe, lora_dirs, library=library, architecture=architecture)
+    if in_place is not None and session.patcher.in_place != in_place:
+        session.restore()   # every module is owned anew in the chosen way
+        session.patcher.in_place = in_place
     with session.activate(prompt, steps, negative_prompt=negative_prompt, keep=keep) as run:
         yield run
 
