@@ -51,14 +51,20 @@ class ModuleStack:
     target: ModuleTarget
     terms: tuple[Term, ...]
 
+    @functools.cached_property
+    def schedule(self) -> tuple[tuple[float, ...], ...]:
+        """The terms' weights per step (index 0 = step 1), computed once: every apply reads it."""
+        steps = max((len(t.weights) for t in self.terms), default=0)
+        return tuple(tuple(t.weights[min(s, len(t.weights)) - 1] if t.weights else 0.0 for t in self.terms)
+                     for s in range(1, max(steps, 1) + 1))
+
     def weights_at(self, step: int) -> tuple[float, ...]:
         """The terms' weights at 1-based ``step`` (steps past the end keep the last weight)."""
-        return tuple(t.weights[min(step, len(t.weights)) - 1] if t.weights else 0.0 for t in self.terms)
+        return self.schedule[min(step, len(self.schedule)) - 1]
 
     def change_points(self) -> tuple[int, ...]:
         """1-based steps (> 1) where some term's weight differs from the step before."""
-        steps = max((len(t.weights) for t in self.terms), default=0)
-        return tuple(s for s in range(2, steps + 1) if self.weights_at(s) != self.weights_at(s - 1))
+        return tuple(s for s in range(2, len(self.schedule) + 1) if self.schedule[s - 1] != self.schedule[s - 2])
 
 
 @dataclass(frozen=True)
@@ -136,17 +142,9 @@ class _Slot:
     low_ranks: tuple[int, ...] = ()
     other_terms: tuple[int, ...] = ()       # term indices outside the GEMM (other types, non-additive)
     current: tuple[float, ...] | None = None
-    schedule: tuple[tuple[float, ...], ...] = ()   # the terms' weights per step (index 0 = step 1)
     extra_bytes: int = 0
     cached: bool = False
     pristine: bool = True                   # the module shows its original weights
-
-    def __post_init__(self) -> None:
-        steps = max((len(t.weights) for t in self.stack.terms), default=1)
-        self.schedule = tuple(self.stack.weights_at(s) for s in range(1, steps + 1))
-
-    def weights_at(self, step: int) -> tuple[float, ...]:
-        return self.schedule[min(max(step, 1), len(self.schedule)) - 1]
 
     @property
     def touched(self) -> bool:
@@ -275,7 +273,7 @@ class Patcher:
             with torch.no_grad():
                 self._make_backups()
                 for slot in self._slots.values():
-                    weights = slot.weights_at(step)
+                    weights = slot.stack.weights_at(step)
                     if slot.pristine and not any(weights):
                         slot.current = weights  # all terms at 0: the original weights are already there
                     elif weights != slot.current:
@@ -340,12 +338,13 @@ class Patcher:
         if fused is not None:
             target.copy_(fused)
         if slot.bias is not None:
-            base = slot.bias.original.to(slot.bias.target.device).float()
+            bias_target = slot.bias.target
+            base = slot.bias.original.to(bias_target.device).float()
             for term, m in zip(slot.stack.terms, weights):
                 delta = term.adapter.bias_delta()
                 if delta is not None and m != 0.0:
                     base = base + m * delta.to(base.device, torch.float32).reshape(base.shape)
-            slot.bias.target.copy_(base)
+            bias_target.copy_(base)
             slot.bias.install()
         owned.install()
         slot.current = tuple(weights)
