@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +24,13 @@ import torch
 
 from ..errors import LoraApplyError
 from ..keymaps.build import tree_from_pipeline
-from ..keymaps.tree import TEXT_ENCODERS, pipeline_components
-from ..patcher import Patcher
-from ..plan import Plan, build_plan
-from ..stack import module_stacks, resolve_stack
+from ..keymaps.tree import pipeline_components
+from ..plan import Plan
+from ..session import EngineRun, EngineSession, Reweight, RunTimings
+
+__all__ = ["ActiveRun", "LoraSession", "Reweight", "RunTimings", "activate", "generate", "restore", "session_for"]
 
 SESSION_ATTRIBUTE = "_lora_syntax_session"
-
-
-@dataclass(frozen=True)
-class Reweight:
-    """One change point during sampling: the step it prepared and what it cost."""
-
-    step: int
-    modules: int
-    seconds: float
-    reencode_seconds: float = 0.0
-
-
-@dataclass
-class RunTimings:
-    """Seconds spent by the engine in one generation (filled in as the run goes)."""
-
-    load: float = 0.0          # resolving names and loading LoRA files (cached across runs)
-    apply: float = 0.0         # writing the step-1 weights
-    applied_modules: int = 0   # modules written for step 1 (0 when a kept run already holds them)
-    reweights: list[Reweight] = field(default_factory=list)
-    restore: float = 0.0
-    backup_bytes: int = 0
 
 
 @dataclass
@@ -107,8 +86,8 @@ def tensor_inputs(pipe: object) -> list[str]:
                                                                                         ["prompt_embeds"])
 
 
-class LoraSession:
-    """One pipeline's patch state across generations: a patcher owning the original weights, a library, a tree.
+class LoraSession(EngineSession):
+    """A pipeline's :class:`~lora_syntax.session.EngineSession`: its text encoders and denoiser, a library, a tree.
 
     Runs entered with ``keep=True`` leave their weights in place, so the next run with the same stack
     and step-1 weights writes nothing; :meth:`restore` puts the original weights back.
@@ -119,75 +98,44 @@ class LoraSession:
         if library is None:
             from ..library import LoraLibrary
             library = LoraLibrary(list(lora_dirs))
+        super().__init__(pipeline_components(pipe), tree_from_pipeline(pipe, architecture), library)
         self.pipe = pipe
-        self.library = library
-        self.tree = tree_from_pipeline(pipe, architecture)
-        self.patcher = Patcher(pipeline_components(pipe))
-
-    @property
-    def architecture(self) -> str:
-        return self.tree.architecture
 
     @contextlib.contextmanager
     def activate(self, prompt: str, steps: int, *, negative_prompt: str | None = None,
                  keep: bool = False) -> Iterator[ActiveRun]:
         """Apply step-1 weights, yield the run; restore on leaving (unless ``keep``) and always on error."""
-        timings = RunTimings()
+        run = self.start(prompt, steps)
         try:
-            run = self._start(prompt, steps, negative_prompt, timings)
-            yield run
+            yield self._active_run(run, negative_prompt)
         except BaseException:
-            self.restore(timings)
+            run.end()
             raise
-        if not keep:
-            self.restore(timings)
+        run.end(keep=keep)
 
-    def restore(self, timings: RunTimings | None = None) -> None:
-        """Give every original weight back (bit-exact) and drop the engine's buffers."""
-        start = time.perf_counter()
-        self.patcher.restore()
-        if timings is not None:
-            timings.restore = time.perf_counter() - start
-
-    def _start(self, prompt: str, steps: int, negative_prompt: str | None, timings: RunTimings) -> ActiveRun:
-        plan = build_plan(prompt, steps, architecture=self.architecture)
-        start = time.perf_counter()
-        entries, merge_warnings = resolve_stack(plan, self.library, self.tree)
-        stacks = module_stacks(entries)
-        timings.load = time.perf_counter() - start
-        self.patcher.load(stacks)
-        report = self.patcher.apply(1)
-        timings.apply, timings.applied_modules = report.seconds, report.modules
-        timings.backup_bytes = self.patcher.backup_bytes
-        points = set(self.patcher.change_points())
-        te_points = {s for st in stacks if st.target.component in TEXT_ENCODERS for s in st.change_points()}
-        callback = _make_callback(self, plan.prompt, negative_prompt, points, te_points, timings)
-        inputs = tensor_inputs(self.pipe) if te_points else []
-        warnings = tuple(dict.fromkeys((*plan.warnings, *merge_warnings)))
-        if te_points and _flavour(self.pipe) == "flux" and any(
-                st.target.component == "text_encoder" for st in stacks if st.change_points()):
+    def _active_run(self, run: EngineRun, negative_prompt: str | None) -> ActiveRun:
+        warnings = run.warnings
+        te_changes = run.te_change_points
+        if te_changes and _flavour(self.pipe) == "flux" and any(
+                st.target.component == "text_encoder" and st.change_points() for st in self.patcher.stacks):
             warnings += ("FLUX: a CLIP (text_encoder) weight schedule changes only the per-token embeddings; "
                          "the pooled CLIP vector keeps its step-1 weights (the pipeline cannot replace it).",)
-        return ActiveRun(plan.prompt, plan, callback, inputs, warnings, timings)
+        inputs = tensor_inputs(self.pipe) if te_changes else []
+        return ActiveRun(run.prompt, run.plan, _make_callback(run, negative_prompt), inputs, warnings, run.timings)
 
 
-def _make_callback(session: LoraSession, prompt: str, negative_prompt: str | None, points: set[int],
-                   te_points: set[int], timings: RunTimings) -> Callable[..., dict]:
+def _make_callback(run: EngineRun, negative_prompt: str | None) -> Callable[..., dict]:
     """The ``callback_on_step_end`` of a run: step index i prepares plan step i + 2."""
 
     def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
         step = step_index + 2
-        if step not in points:
+        change = run.step(step)
+        if not change.reencode or "prompt_embeds" not in callback_kwargs:
             return {}
-        report = session.patcher.apply(step)
-        outputs: dict = {}
-        seconds = 0.0
-        if step in te_points and "prompt_embeds" in callback_kwargs:
-            start = time.perf_counter()
-            with torch.no_grad():
-                outputs = reencode(pipe, prompt, negative_prompt, callback_kwargs)
-            seconds = time.perf_counter() - start
-        timings.reweights.append(Reweight(step, report.modules, report.seconds, seconds))
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = reencode(pipe, run.prompt, negative_prompt, callback_kwargs)
+        run.encoded(step, time.perf_counter() - start)
         return outputs
 
     return callback
@@ -202,6 +150,7 @@ def session_for(pipe: Any, lora_dirs: Sequence[str | Path] = (), *, library: Any
             or (library is None and getattr(session.library, "folders", None) != wanted)
             or (architecture is not None and session.architecture != architecture)):
         if session is not None:
+            session.check_idle()
             session.restore()
         session = LoraSession(pipe, lora_dirs, library=library, architecture=architecture)
         object.__setattr__(pipe, SESSION_ATTRIBUTE, session)
@@ -221,6 +170,7 @@ def activate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), st
     :class:`~lora_syntax.errors.LoraError`s and always leave the model restored.
     """
     session = session_for(pipe, lora_dirs, library=library, architecture=architecture)
+    session.check_idle()
     if in_place is not None and session.patcher.in_place != in_place:
         session.restore()   # every module is owned anew in the chosen way
         session.patcher.in_place = in_place
