@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .adapters.base import Adapter
+from .adapters.lora import LoraAdapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
 from .targets import ModuleTarget
 
@@ -140,6 +141,7 @@ class _Slot:
     low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, fp32
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
     low_ranks: tuple[int, ...] = ()
+    low_scales: tuple[float, ...] = ()      # per low-rank term: its scale when not folded into low_up
     other_terms: tuple[int, ...] = ()       # term indices outside the GEMM (other types, non-additive)
     current: tuple[float, ...] | None = None
     extra_bytes: int = 0
@@ -317,12 +319,17 @@ class Patcher:
         if not pending:
             return
         needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
+        rooms: dict[torch.device, bool] = {}   # one free-memory query per device, not one per module
         for slot in pending:
-            room = not self.in_place and _room_on_device(slot.module.weight, needed)
+            device = slot.module.weight.device
+            if device not in rooms:
+                rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
+            room = rooms[device]
             slot.weight = _Owned(slot.module.weight, room)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
                 slot.bias = _Owned(bias, room)
+        prepare_factors([s for s in self._slots.values() if not s.cached])
 
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
         if not any(weights):
@@ -376,29 +383,74 @@ def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
     return weight.device.type in ("cpu", "meta")
 
 
-def _low_rank_cache(slot: _Slot, device: torch.device) -> None:
-    """Concatenate the low-rank factors of the slot's plain-LoRA terms once, on the module's device."""
-    ups, downs, terms, ranks = [], [], [], []
+def _plain_factors(adapter: Adapter, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """``(up, down, scale)`` 2-D factors of a low-rank term with ``delta = scale * up @ down``.
+
+    A plain LoRA (no Tucker ``mid``) gives its own tensors, unscaled: no copy is made here, the scale
+    goes into the GEMM's ``alpha`` (one term) or into the single write that concatenates several.
+    """
+    if isinstance(adapter, LoraAdapter) and adapter.mid is None:
+        up, down = adapter.up, adapter.down
+        if up.shape[0] * down[0].numel() == shape.numel():
+            return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), adapter.scale
+    factors = adapter.low_rank(shape)
+    return None if factors is None else (factors[0], factors[1], 1.0)
+
+
+def _low_rank_terms(slot: _Slot) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
     shape = slot.module.weight.shape
+    found = []
     for index, term in enumerate(slot.stack.terms):
-        if not term.adapter.additive:
+        if term.adapter.additive:
+            factors = _plain_factors(term.adapter, shape)
+            if factors is not None:
+                found.append((index, *factors))
+    return found
+
+
+def prepare_factors(slots: Sequence[_Slot]) -> None:
+    """Give each slot its concatenated fp32 factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
+
+    Every factor is written once: several terms go straight into their slice of ``U``/``D`` (scales
+    folded into ``U``); a single fp32 term on the module's device is used as it is (no copy). Factors
+    bound for another device (CUDA) are packed into one host tensor per device and moved in one copy,
+    instead of one small transfer per tensor per module.
+    """
+    packed: dict[torch.device, list[tuple[_Slot, torch.Tensor, torch.Tensor]]] = {}
+    for slot in slots:
+        terms = _low_rank_terms(slot)
+        device = slot.module.weight.device
+        slot.low_terms = tuple(t[0] for t in terms)
+        slot.low_ranks = tuple(t[1].shape[1] for t in terms)
+        slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
+        slot.low_scales = (1.0,) * len(terms)
+        slot.cached = True
+        if not terms:
             continue
-        factors = term.adapter.low_rank(shape)
-        if factors is None:
-            continue
-        up, down = factors
-        ups.append(up.to(device, torch.float32))
-        downs.append(down.to(device, torch.float32))
-        terms.append(index)
-        ranks.append(up.shape[1])
-    if len(terms) == 1:   # one LoRA on this module (the common case): its factors as they are, no copy
-        slot.low_up, slot.low_down = ups[0], downs[0]
-    elif terms:
-        slot.low_up, slot.low_down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-    if terms:
+        _, up, down, scale = terms[0]
+        if len(terms) == 1 and up.dtype == down.dtype == torch.float32 and up.device == down.device == device:
+            slot.low_up, slot.low_down, slot.low_scales = up, down, (scale,)
+        else:
+            rank = sum(slot.low_ranks)
+            slot.low_up = torch.empty(up.shape[0], rank, dtype=torch.float32)
+            slot.low_down = torch.empty(rank, down.shape[1], dtype=torch.float32)
+            start = 0
+            for _, up, down, scale in terms:
+                stop = start + up.shape[1]
+                torch.mul(up.to("cpu", torch.float32), scale, out=slot.low_up[:, start:stop])
+                slot.low_down[start:stop].copy_(down)
+                start = stop
+            if device.type not in ("cpu", "meta"):
+                packed.setdefault(device, []).append((slot, slot.low_up, slot.low_down))
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
-    slot.low_terms, slot.low_ranks, slot.cached = tuple(terms), tuple(ranks), True
-    slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
+    for device, items in packed.items():
+        moved = torch.cat([t.reshape(-1) for _, up, down in items for t in (up, down)]).to(device)
+        offset = 0
+        for slot, up, down in items:
+            slot.low_up = moved[offset:offset + up.numel()].view(up.shape)
+            offset += up.numel()
+            slot.low_down = moved[offset:offset + down.numel()].view(down.shape)
+            offset += down.numel()
 
 
 @functools.lru_cache(maxsize=256)
@@ -430,9 +482,10 @@ def low_rank_into(w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha:
 
 def _scaled_up(slot: _Slot, low: tuple[float, ...]) -> tuple[torch.Tensor, float]:
     """The concatenated up-factor and GEMM alpha for the low-rank terms' weights ``low``."""
-    if low.count(low[0]) == len(low):  # one weight for all: fold it into alpha, no scaled copy of U
-        return slot.low_up, low[0]
-    return slot.low_up * _rank_scale(low, slot.low_ranks, slot.low_up.device), 1.0
+    scaled = tuple(m * s for m, s in zip(low, slot.low_scales))
+    if scaled.count(scaled[0]) == len(scaled):  # one weight for all: fold it into alpha, no scaled copy of U
+        return slot.low_up, scaled[0]
+    return slot.low_up * _rank_scale(scaled, slot.low_ranks, slot.low_up.device), 1.0
 
 
 def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
@@ -443,7 +496,7 @@ def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
     written straight into it (:func:`low_rank_into`); the function then returns ``None``.
     """
     if not slot.cached:
-        _low_rank_cache(slot, original.device)
+        prepare_factors([slot])
     shape = original.shape
     low = tuple(weights) if not slot.other_terms else tuple(weights[i] for i in slot.low_terms)
     others = any(weights[i] != 0.0 for i in slot.other_terms)
