@@ -1,0 +1,200 @@
+"""The engine on every device this machine has (CPU always; CUDA when present, else those cases skip).
+
+The same checks run per device so that CI on a CPU exercises every code path the GPU takes except the
+device itself: fused weights against an fp64 reference (fp32: within a few fp32 roundings of the exact
+sum; fp16/bf16: the fp32 sum rounded once), restore bit for bit by swapping the original tensor back,
+and random apply / re-weight / error / restore sequences.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from lora_syntax.adapters.base import Adapter
+from lora_syntax.adapters.lora import LoraAdapter
+from lora_syntax.errors import LoraApplyError
+from lora_syntax.patcher import ModuleStack, Patcher, Term
+from lora_syntax.targets import ModuleTarget
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="no CUDA device"))]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+class Net(torch.nn.Module):
+    """Linears of two shapes (grouping by shape), a conv, a module with a bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(48, 64, bias=False)
+        self.k = torch.nn.Linear(48, 64, bias=False)
+        self.v = torch.nn.Linear(48, 64)
+        self.ff = torch.nn.Linear(64, 96)
+        self.conv = torch.nn.Conv2d(8, 16, 3)
+
+
+def make_net(device: str, dtype: torch.dtype) -> Net:
+    torch.manual_seed(0)
+    return Net().to(device, dtype).requires_grad_(False)
+
+
+def lora(module: torch.nn.Module, rank: int, seed: int, *, factor_dtype=torch.float32, alpha=None) -> LoraAdapter:
+    g = torch.Generator().manual_seed(seed)
+    weight = module.weight
+    kernel = tuple(weight.shape[2:])
+    up = torch.randn(weight.shape[0], rank, *([1] * len(kernel)), generator=g) * 0.05
+    down = torch.randn(rank, weight.shape[1], *kernel, generator=g) * 0.05
+    return LoraAdapter(up=up.to(factor_dtype), down=down.to(factor_dtype), alpha=alpha)
+
+
+def stacks_for(net: Net, schedules: dict[str, list[tuple[float, ...]]]) -> list[ModuleStack]:
+    """One stack per module: term i of module ``name`` has weights ``schedules[name][i]``.
+
+    Terms differ in rank, alpha and file dtype (fp16 factors take the conversion path)."""
+    found = []
+    for name, per_term in schedules.items():
+        module = net.get_submodule(name)
+        terms = tuple(Term(f"l{i}", lora(module, rank=2 + 2 * i, seed=10 * sum(map(ord, name)) + i,
+                                         factor_dtype=torch.float16 if i == 2 else torch.float32,
+                                         alpha=None if i == 0 else float(i)), weights)
+                      for i, weights in enumerate(per_term))
+        found.append(ModuleStack(ModuleTarget("net", name), terms))
+    return found
+
+
+def reference(original: torch.Tensor, stack: ModuleStack, step: int) -> torch.Tensor:
+    """fp64 ``W0 + sum m_i * delta_i`` (independent of the engine's GEMM layout)."""
+    w = original.detach().to("cpu", torch.float64)
+    for term, m in zip(stack.terms, stack.weights_at(step)):
+        a = term.adapter
+        up = a.up.double().reshape(a.up.shape[0], -1)
+        down = a.down.double().reshape(a.down.shape[0], -1)
+        w = w + m * a.scale * (up @ down).reshape(w.shape)
+    return w
+
+
+def assert_one_rounding(fused: torch.Tensor, exact: torch.Tensor) -> None:
+    """fp16/bf16: at most half an ulp from the exact sum plus the fp32 sum's own error; fp32: a few ulps."""
+    got = fused.detach().to("cpu", torch.float64)
+    dtype = fused.dtype
+    ulp = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
+    fp32_slack = 64 * torch.finfo(torch.float32).eps * exact.abs().max()
+    bound = (4 * ulp if dtype == torch.float32 else 0.5 * ulp) + fp32_slack
+    assert bool(((got - exact).abs() <= bound).all()), float(((got - exact).abs() - bound).max())
+    if dtype != torch.float32:   # and equal to the fp32 reference rounded once, bar rare ties
+        once = exact.float().to(dtype).double()
+        assert float((got == once).double().mean()) > 0.999
+
+
+def originals(net: Net) -> dict[str, torch.Tensor]:
+    return {n: p.data for n, p in net.named_parameters()}
+
+
+def assert_restored(net: Net, before: dict[str, torch.Tensor], copies: dict[str, torch.Tensor]) -> None:
+    for name, param in net.named_parameters():
+        assert param.data is before[name] or param.data.data_ptr() == before[name].data_ptr(), name
+        assert torch.equal(param.data, copies[name]), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype):
+    net = make_net(device, dtype)
+    before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
+    stacks = stacks_for(net, {"q": [(0.8,)], "k": [(0.8,), (0.5,)], "v": [(1.0,), (-0.3,), (0.7,)],
+                              "ff": [(0.6,), (0.6,)], "conv": [(0.9,), (0.2,)]})
+    patcher = Patcher({"net": net})
+    patcher.load(stacks)
+    report = patcher.apply(1)
+    assert report.modules == 5
+    for stack in stacks:
+        param = net.get_submodule(stack.target.module).weight
+        assert param.device.type == device and param.dtype == dtype
+        assert param.data.data_ptr() != before[f"{stack.target.module}.weight"].data_ptr()   # a buffer, not W0
+        assert_one_rounding(param, reference(copies[f"{stack.target.module}.weight"], stack, 1))
+    assert all(torch.equal(before[n], copies[n]) for n in before)   # originals never written
+    patcher.restore()
+    assert_restored(net, before, copies)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device):
+    net = make_net(device, torch.float16)
+    before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
+    stacks = stacks_for(net, {"q": [(0.8, 0.1, 0.8)], "k": [(0.8, 0.8, 0.8), (0.5, 1.0, 0.5)],
+                              "ff": [(1.0, 0.0, 1.0)]})
+    patcher = Patcher({"net": net})
+    patcher.load(stacks)
+    first = {s.target.module: None for s in stacks}
+    for step in (1, 2, 3, 2, 1, 3):
+        patcher.apply(step)
+        for stack in stacks:
+            weight = net.get_submodule(stack.target.module).weight.detach().clone()
+            assert_one_rounding(weight, reference(copies[f"{stack.target.module}.weight"], stack, step))
+            if step == 1:
+                first[stack.target.module] = first[stack.target.module] if first[stack.target.module] is not None \
+                    else weight
+                assert torch.equal(weight, first[stack.target.module])   # same bits every time back at step 1
+    patcher.restore()
+    assert_restored(net, before, copies)
+    assert patcher.backup_bytes == 0
+
+
+@dataclass(frozen=True, eq=False)
+class Exploding(Adapter):
+    """Fits every module but fails while its delta is computed (after validation passed)."""
+
+    kind: ClassVar[str] = "exploding"
+
+    @classmethod
+    def claims(cls, params):
+        return False
+
+    @classmethod
+    def from_params(cls, params):
+        raise NotImplementedError
+
+    def delta(self, weight):
+        if weight.device.type == "meta":
+            return torch.empty_like(weight)
+        raise RuntimeError("delta failed")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", range(4))
+def test_random_apply_reweight_error_restore_sequences(device, seed):
+    rng = random.Random(seed)
+    dtype = rng.choice(DTYPES)
+    net = make_net(device, dtype)
+    before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
+    patcher = Patcher({"net": net}, in_place=rng.random() < 0.25)
+    names = ["q", "k", "v", "ff", "conv"]
+    for _ in range(6):
+        chosen = rng.sample(names, rng.randint(1, len(names)))
+        schedules = {n: [tuple(rng.choice((0.0, 0.5, 1.0, -0.7)) for _ in range(4))
+                         for _ in range(rng.randint(1, 3))] for n in chosen}
+        stacks = stacks_for(net, schedules)
+        if rng.random() < 0.25:   # a stack that fails while writing: everything restored, a LoraApplyError
+            bad = stacks[-1]
+            stacks[-1] = ModuleStack(bad.target, bad.terms + (Term("bad", Exploding(), (1.0,) * 4),))
+            patcher.load(stacks)
+            with pytest.raises(LoraApplyError, match="delta failed"):
+                patcher.apply(1)
+            assert_restored(net, before, copies)
+            continue
+        patcher.load(stacks)
+        for step in rng.sample(range(1, 5), 3):
+            patcher.apply(step)
+            for stack in stacks:
+                weight = net.get_submodule(stack.target.module).weight
+                assert_one_rounding(weight, reference(copies[f"{stack.target.module}.weight"], stack, step))
+        if rng.random() < 0.5:
+            patcher.restore()
+            assert_restored(net, before, copies)
+    patcher.restore()
+    assert_restored(net, before, copies)
