@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import batched
 from .adapters.base import Adapter
 from .adapters.lora import LoraAdapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
@@ -215,11 +216,16 @@ class Patcher:
     values) and the originals wait on the CPU. For code that holds the weights' addresses, such as CUDA
     graphs (``torch.compile(mode="reduce-overhead")``); it costs a copy on restore. A change takes
     effect for modules patched from then on.
+
+    ``grouped`` writes pure low-rank modules of one shape by one batched product per group
+    (:mod:`lora_syntax.batched`); ``None`` does so on the devices in :data:`GROUPED_DEVICES`.
     """
 
-    def __init__(self, components: Mapping[str, torch.nn.Module], *, in_place: bool = False) -> None:
+    def __init__(self, components: Mapping[str, torch.nn.Module], *, in_place: bool = False,
+                 grouped: bool | None = None) -> None:
         self.components = dict(components)
         self.in_place = in_place
+        self.grouped = grouped
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
 
@@ -274,13 +280,16 @@ class Patcher:
         try:
             with torch.no_grad():
                 self._make_backups()
+                pending = []
                 for slot in self._slots.values():
                     weights = slot.stack.weights_at(step)
                     if slot.pristine and not any(weights):
                         slot.current = weights  # all terms at 0: the original weights are already there
                     elif weights != slot.current:
-                        self._write(slot, weights)
-                        changed += 1
+                        pending.append((slot, weights))
+                for slot, weights in self._write_grouped(pending):
+                    self._write(slot, weights)
+                changed = len(pending)
         except BaseException as err:
             self.restore()
             raise _wrap(err, f"applying the LoRA weights of step {step}") from err
@@ -331,6 +340,33 @@ class Patcher:
                 slot.bias = _Owned(bias, room)
         prepare_factors([s for s in self._slots.values() if not s.cached])
 
+    def _write_grouped(self, pending: list[tuple[_Slot, tuple[float, ...]]]) -> list[tuple[_Slot, tuple[float, ...]]]:
+        """Write the pending modules that fit a batched product (:mod:`lora_syntax.batched`); return the rest."""
+        jobs, owners, rest = [], {}, []
+        for slot, weights in pending:
+            job = _job(slot, weights) if self._grouping(slot) else None
+            if job is None:
+                rest.append((slot, weights))
+            else:
+                jobs.append(job)
+                owners[id(job)] = (slot, weights)
+        if len(jobs) < batched.MIN_GROUP:
+            return pending
+        left = {id(job) for job in batched.write_groups(jobs)}
+        for job in jobs:
+            slot, weights = owners[id(job)]
+            if id(job) in left:
+                rest.append((slot, weights))
+            else:
+                slot.weight.install()
+                slot.current, slot.pristine = tuple(weights), False
+        return rest
+
+    def _grouping(self, slot: _Slot) -> bool:
+        if self.grouped is not None:
+            return self.grouped
+        return slot.module.weight.device.type in GROUPED_DEVICES
+
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
         if not any(weights):
             self._restore_slot(slot, release=False)   # every term back at 0: show the original again
@@ -369,6 +405,21 @@ class Patcher:
 
 
 _DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Devices whose modules are written by batched products by default (Patcher(grouped=...) overrides).
+GROUPED_DEVICES = ("cuda",)
+
+
+def _job(slot: _Slot, weights: Sequence[float]) -> batched.Job | None:
+    """The batched-product job of a pure low-rank module whose result can go straight into its target."""
+    if slot.other_terms or slot.bias is not None or not slot.low_terms or not any(weights):
+        return None
+    target, original = slot.weight.target, slot.weight.original
+    if (original.device != target.device or target.dtype != original.dtype or target.dtype not in _DIRECT_DTYPES
+            or not target.is_contiguous() or original is target or slot.low_up.device != target.device):
+        return None
+    rows = original.shape[0]
+    columns = tuple(m * scale for m, scale, rank in zip(weights, slot.low_scales, slot.low_ranks) for _ in range(rank))
+    return batched.Job(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down, columns)
 
 
 def _room_on_device(weight: torch.Tensor, needed: int) -> bool:

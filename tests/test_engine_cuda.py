@@ -3,7 +3,8 @@
 The same checks run per device so that CI on a CPU exercises every code path the GPU takes except the
 device itself: fused weights against an fp64 reference (fp32: within a few fp32 roundings of the exact
 sum; fp16/bf16: the fp32 sum rounded once), restore bit for bit by swapping the original tensor back,
-and random apply / re-weight / error / restore sequences.
+and random apply / re-weight / error / restore sequences; each on both write paths (one GEMM per
+module, batched products per group of one shape).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+from lora_syntax import batched
 from lora_syntax.adapters.base import Adapter
 from lora_syntax.adapters.lora import LoraAdapter
 from lora_syntax.errors import LoraApplyError
@@ -24,6 +26,14 @@ from lora_syntax.targets import ModuleTarget
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                   reason="no CUDA device"))]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(params=[False, True], ids=["per-module", "grouped"])
+def grouped(request, monkeypatch) -> bool:
+    """Both write paths: one GEMM per module, and batched products (groups of any size here)."""
+    if request.param:
+        monkeypatch.setattr(batched, "MIN_GROUP", 1)
+    return request.param
 
 
 class Net(torch.nn.Module):
@@ -103,12 +113,12 @@ def assert_restored(net: Net, before: dict[str, torch.Tensor], copies: dict[str,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype):
+def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype, grouped):
     net = make_net(device, dtype)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
     stacks = stacks_for(net, {"q": [(0.8,)], "k": [(0.8,), (0.5,)], "v": [(1.0,), (-0.3,), (0.7,)],
                               "ff": [(0.6,), (0.6,)], "conv": [(0.9,), (0.2,)]})
-    patcher = Patcher({"net": net})
+    patcher = Patcher({"net": net}, grouped=grouped)
     patcher.load(stacks)
     report = patcher.apply(1)
     assert report.modules == 5
@@ -123,12 +133,12 @@ def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device):
+def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device, grouped):
     net = make_net(device, torch.float16)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
     stacks = stacks_for(net, {"q": [(0.8, 0.1, 0.8)], "k": [(0.8, 0.8, 0.8), (0.5, 1.0, 0.5)],
                               "ff": [(1.0, 0.0, 1.0)]})
-    patcher = Patcher({"net": net})
+    patcher = Patcher({"net": net}, grouped=grouped)
     patcher.load(stacks)
     first = {s.target.module: None for s in stacks}
     for step in (1, 2, 3, 2, 1, 3):
@@ -167,12 +177,12 @@ class Exploding(Adapter):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(4))
-def test_random_apply_reweight_error_restore_sequences(device, seed):
+def test_random_apply_reweight_error_restore_sequences(device, seed, grouped):
     rng = random.Random(seed)
     dtype = rng.choice(DTYPES)
     net = make_net(device, dtype)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
-    patcher = Patcher({"net": net}, in_place=rng.random() < 0.25)
+    patcher = Patcher({"net": net}, in_place=rng.random() < 0.25, grouped=grouped)
     names = ["q", "k", "v", "ff", "conv"]
     for _ in range(6):
         chosen = rng.sample(names, rng.randint(1, len(names)))
