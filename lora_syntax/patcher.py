@@ -226,6 +226,7 @@ class Patcher:
         self.components = dict(components)
         self.in_place = in_place
         self.grouped = grouped
+        self._groups: list | None = None
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
 
@@ -251,6 +252,7 @@ class Patcher:
             self.restore()
             raise _wrap(err, "restoring modules the new stack no longer touches") from err
         self._slots = {}
+        self._groups = None
         for key, (stack, module) in resolved.items():
             previous = old.get(key)
             slot = _Slot(stack, module)
@@ -305,6 +307,7 @@ class Patcher:
             except BaseException as err:  # keep restoring the others; report the first failure
                 errors.append(err)
         self._slots = {}
+        self._groups = None
         self._step = None
         if errors:
             raise errors[0]
@@ -341,31 +344,45 @@ class Patcher:
         prepare_factors([s for s in self._slots.values() if not s.cached])
 
     def _write_grouped(self, pending: list[tuple[_Slot, tuple[float, ...]]]) -> list[tuple[_Slot, tuple[float, ...]]]:
-        """Write the pending modules that fit a batched product (:mod:`lora_syntax.batched`); return the rest."""
-        jobs, owners, rest = [], {}, []
-        for slot, weights in pending:
-            job = _job(slot, weights) if self._grouping(slot) else None
-            if job is None:
-                rest.append((slot, weights))
-            else:
-                jobs.append(job)
-                owners[id(job)] = (slot, weights)
-        if len(jobs) < batched.MIN_GROUP:
+        """Write the pending modules that belong to a group (:mod:`lora_syntax.batched`); return the rest."""
+        if len(pending) < batched.MIN_GROUP:
             return pending
-        left = {id(job) for job in batched.write_groups(jobs)}
-        for job in jobs:
-            slot, weights = owners[id(job)]
-            if id(job) in left:
-                rest.append((slot, weights))
-            else:
+        if self._groups is None:
+            self._groups = self._build_groups()
+        todo = {id(slot): (slot, weights) for slot, weights in pending}
+        for group, slots, pointers in self._groups:
+            if any(s.weight is None or s.weight.param.data_ptr() not in p for s, p in zip(slots, pointers)):
+                self._groups = None   # the host replaced a parameter's data: regroup on the next apply
+                break
+            picked = [i for i, s in enumerate(slots) if id(s) in todo and any(todo[id(s)][1])]
+            if len(picked) < batched.MIN_GROUP:
+                continue
+            batched.write(group, [todo[id(slots[i])][1] for i in picked], None if len(picked) == len(slots) else picked)
+            for i in picked:
+                slot, weights = todo.pop(id(slots[i]))
                 slot.weight.install()
                 slot.current, slot.pristine = tuple(weights), False
-        return rest
+        return list(todo.values())
 
-    def _grouping(self, slot: _Slot) -> bool:
-        if self.grouped is not None:
-            return self.grouped
-        return slot.module.weight.device.type in GROUPED_DEVICES
+    def _build_groups(self) -> list[tuple[batched.Group, list[_Slot], list[tuple[int, int]]]]:
+        """Group every eligible module once per stack; their factors become views of the group's stacks."""
+        slots, members = [], []
+        for slot in self._slots.values():
+            grouping = self.grouped if self.grouped is not None else slot.module.weight.device.type in GROUPED_DEVICES
+            member = _member(slot) if grouping and slot.cached and slot.touched else None
+            if member is not None:
+                slots.append(slot)
+                members.append(member)
+        groups, _ = batched.build_groups(members)
+        slot_of = {id(m): s for m, s in zip(members, slots)}
+        result = []
+        for group in groups:
+            grouped = [slot_of[id(m)] for m in group.members]
+            for g, slot in enumerate(grouped):   # hold the factors once: as views of the group's stacks
+                slot.low_up, slot.low_down = group.ups[g], group.downs[g]
+            pointers = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
+            result.append((group, grouped, pointers))
+        return result
 
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
         if not any(weights):
@@ -409,17 +426,17 @@ _DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUPED_DEVICES = ("cuda",)
 
 
-def _job(slot: _Slot, weights: Sequence[float]) -> batched.Job | None:
-    """The batched-product job of a pure low-rank module whose result can go straight into its target."""
-    if slot.other_terms or slot.bias is not None or not slot.low_terms or not any(weights):
+def _member(slot: _Slot) -> batched.Member | None:
+    """A pure low-rank module whose fused weight can go straight into its target, as a group member."""
+    if slot.other_terms or slot.bias is not None or not slot.low_terms:
         return None
     target, original = slot.weight.target, slot.weight.original
     if (original.device != target.device or target.dtype != original.dtype or target.dtype not in _DIRECT_DTYPES
             or not target.is_contiguous() or original is target or slot.low_up.device != target.device):
         return None
     rows = original.shape[0]
-    columns = tuple(m * scale for m, scale, rank in zip(weights, slot.low_scales, slot.low_ranks) for _ in range(rank))
-    return batched.Job(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down, columns)
+    return batched.Member(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down,
+                          slot.low_ranks, slot.low_scales)
 
 
 def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
