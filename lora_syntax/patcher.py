@@ -351,7 +351,8 @@ class Patcher:
             self._groups = self._build_groups()
         todo = {id(slot): (slot, weights) for slot, weights in pending}
         for group, slots, pointers in self._groups:
-            if any(s.weight is None or s.weight.param.data_ptr() not in p for s, p in zip(slots, pointers)):
+            shown = [-1 if s.weight is None else s.weight.param.data_ptr() for s in slots]
+            if any(q not in p for q, p in zip(shown, pointers)):
                 self._groups = None   # the host replaced a parameter's data: regroup on the next apply
                 break
             picked = [i for i, s in enumerate(slots) if id(s) in todo and any(todo[id(s)][1])]
@@ -360,7 +361,8 @@ class Patcher:
             batched.write(group, [todo[id(slots[i])][1] for i in picked], None if len(picked) == len(slots) else picked)
             for i in picked:
                 slot, weights = todo.pop(id(slots[i]))
-                slot.weight.install()
+                if shown[i] != pointers[i][0]:
+                    slot.weight.install()
                 slot.current, slot.pristine = tuple(weights), False
         return list(todo.values())
 

@@ -208,3 +208,23 @@ def test_random_apply_reweight_error_restore_sequences(device, seed, grouped):
             assert_restored(net, before, copies)
     patcher.restore()
     assert_restored(net, before, copies)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_parameter_replaced_by_the_host_mid_run_gets_the_next_weights(device, grouped):
+    net = make_net(device, torch.float16)
+    copies = {n: p.detach().clone() for n, p in net.named_parameters()}
+    stacks = stacks_for(net, {"q": [(0.8, 0.2)], "k": [(0.8, 0.2)], "v": [(0.5, 1.0)]})
+    patcher = Patcher({"net": net}, grouped=grouped)
+    patcher.load(stacks)
+    patcher.apply(1)
+    moved = net.q.weight.detach().clone()
+    net.q.weight.data = moved            # what module.to(...) does while patched
+    patcher.apply(2)
+    assert net.q.weight.data_ptr() == moved.data_ptr()
+    for stack in stacks:
+        weight = net.get_submodule(stack.target.module).weight
+        assert_one_rounding(weight, reference(copies[f"{stack.target.module}.weight"], stack, 2))
+    patcher.restore()
+    for name, param in net.named_parameters():
+        assert torch.equal(param.data, copies[name]), name
