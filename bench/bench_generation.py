@@ -42,6 +42,7 @@ def build_pipeline(device: str, dtype: torch.dtype, reduced: bool):
     from lora_syntax.demo import MODEL_DIR
 
     tokenizer = CLIPTokenizer.from_pretrained(MODEL_DIR / "tokenizer")
+    vocab = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     unet_config = dict(SDXL)
     layers = (12, 32)
     if reduced:
@@ -52,12 +53,10 @@ def build_pipeline(device: str, dtype: torch.dtype, reduced: bool):
         unet = UNet2DConditionModel(**unet_config)
         te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=layers[0],
                                            num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768,
-                                           vocab_size=len(tokenizer),
-                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+                                           **vocab))
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(
             hidden_size=1280, intermediate_size=5120, num_hidden_layers=layers[1], num_attention_heads=20,
-            hidden_act="gelu", projection_dim=1280, vocab_size=len(tokenizer),
-                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+            hidden_act="gelu", projection_dim=1280, **vocab))
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             scaling_factor=0.13025)
