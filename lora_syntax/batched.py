@@ -89,7 +89,7 @@ def write(group: Group, weights: Sequence[Sequence[float]], select: Sequence[int
         ups, downs, scales = ups.index_select(0, index), downs.index_select(0, index), scales.index_select(0, index)
         members = [members[i] for i in select]
     terms = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True) * scales
-    columns = terms.repeat_interleave(group.repeats, dim=1)           # (G, R)
+    columns = terms.repeat_interleave(group.repeats, dim=1, output_size=ups.shape[2])   # (G, R), no sync
     sums = list(torch.bmm(ups * columns.unsqueeze(1), downs).unbind(0))
     torch._foreach_add_(sums, [m.original for m in members])
     torch._foreach_copy_([m.target for m in members], sums)
