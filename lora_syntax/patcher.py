@@ -29,8 +29,8 @@ import torch
 
 from . import batched
 from .adapters.base import Adapter
-from .adapters.lora import LoraAdapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
+from .factors import prepare_factors
 from .targets import ModuleTarget
 
 # Give fused weights their own buffers on an accelerator only when this much memory stays free afterwards.
@@ -451,76 +451,6 @@ def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
         free, _ = torch.cuda.mem_get_info(weight.device)
         return free - needed > DEVICE_BACKUP_MARGIN
     return weight.device.type in ("cpu", "meta")
-
-
-def _plain_factors(adapter: Adapter, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-    """``(up, down, scale)`` 2-D factors of a low-rank term with ``delta = scale * up @ down``.
-
-    A plain LoRA (no Tucker ``mid``) gives its own tensors, unscaled: no copy is made here, the scale
-    goes into the GEMM's ``alpha`` (one term) or into the single write that concatenates several.
-    """
-    if isinstance(adapter, LoraAdapter) and adapter.mid is None:
-        up, down = adapter.up, adapter.down
-        if up.shape[0] * down[0].numel() == shape.numel():
-            return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), adapter.scale
-    factors = adapter.low_rank(shape)
-    return None if factors is None else (factors[0], factors[1], 1.0)
-
-
-def _low_rank_terms(slot: _Slot) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
-    shape = slot.module.weight.shape
-    found = []
-    for index, term in enumerate(slot.stack.terms):
-        if term.adapter.additive:
-            factors = _plain_factors(term.adapter, shape)
-            if factors is not None:
-                found.append((index, *factors))
-    return found
-
-
-def prepare_factors(slots: Sequence[_Slot]) -> None:
-    """Give each slot its concatenated fp32 factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
-
-    Every factor is written once: several terms go straight into their slice of ``U``/``D`` (scales
-    folded into ``U``); a single fp32 term on the module's device is used as it is (no copy). Factors
-    bound for another device (CUDA) are packed into one host tensor per device and moved in one copy,
-    instead of one small transfer per tensor per module.
-    """
-    packed: dict[torch.device, list[tuple[_Slot, torch.Tensor, torch.Tensor]]] = {}
-    for slot in slots:
-        terms = _low_rank_terms(slot)
-        device = slot.module.weight.device
-        slot.low_terms = tuple(t[0] for t in terms)
-        slot.low_ranks = tuple(t[1].shape[1] for t in terms)
-        slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
-        slot.low_scales = (1.0,) * len(terms)
-        slot.cached = True
-        if not terms:
-            continue
-        _, up, down, scale = terms[0]
-        if len(terms) == 1 and up.dtype == down.dtype == torch.float32 and up.device == down.device == device:
-            slot.low_up, slot.low_down, slot.low_scales = up, down, (scale,)
-        else:
-            rank = sum(slot.low_ranks)
-            slot.low_up = torch.empty(up.shape[0], rank, dtype=torch.float32)
-            slot.low_down = torch.empty(rank, down.shape[1], dtype=torch.float32)
-            start = 0
-            for _, up, down, scale in terms:
-                stop = start + up.shape[1]
-                torch.mul(up.to("cpu", torch.float32), scale, out=slot.low_up[:, start:stop])
-                slot.low_down[start:stop].copy_(down)
-                start = stop
-            if device.type not in ("cpu", "meta"):
-                packed.setdefault(device, []).append((slot, slot.low_up, slot.low_down))
-        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
-    for device, items in packed.items():
-        moved = torch.cat([t.reshape(-1) for _, up, down in items for t in (up, down)]).to(device)
-        offset = 0
-        for slot, up, down in items:
-            slot.low_up = moved[offset:offset + up.numel()].view(up.shape)
-            offset += up.numel()
-            slot.low_down = moved[offset:offset + down.numel()].view(down.shape)
-            offset += down.numel()
 
 
 @functools.lru_cache(maxsize=256)
