@@ -9,7 +9,7 @@ whole or fails with a named error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -38,13 +38,14 @@ def _a(architecture: str) -> str:
     return f"{'an' if shown[:1].upper() in 'AEFHILMNORSX' and not shown.startswith('FLUX') else 'a'} {shown}"
 
 
-def _read(source: Path | str | Mapping[str, torch.Tensor]) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
+def _read(source: Path | str | Mapping[str, torch.Tensor],
+          roots: Sequence[Path] | None) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
     if isinstance(source, Mapping):
         return None, dict(source), {}
     from .io import load_state_dict, read_header
 
     path = Path(source)
-    return path, load_state_dict(path), dict(read_header(path).metadata)
+    return path, load_state_dict(path, roots=roots), dict(read_header(path, roots=roots).metadata)
 
 
 def check_architecture(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], tree: ModelTree,
@@ -100,13 +101,14 @@ def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) 
 
 
 def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
-              metadata: Mapping[str, str] | None = None, name: str | None = None) -> LoadedLora:
+              metadata: Mapping[str, str] | None = None, name: str | None = None,
+              roots: Sequence[Path] | None = None) -> LoadedLora:
     """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
 
     ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
-    (default: the file stem).
+    (default: the file stem); ``roots``: the LoRA folders the file must lie in when it is read.
     """
-    path, state_dict, file_metadata = _read(source)
+    path, state_dict, file_metadata = _read(source, roots)
     metadata = {**file_metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
     if not state_dict:

@@ -14,12 +14,12 @@ PEFT files carry no alpha (scale 1) unless ``.alpha`` keys or diffusers' ``lora_
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Mapping
 
 import torch
 
+from ..io import parse_json
 from ..keymaps.kohya import text_model_alias
 from ..keymaps.tree import ModelTree
 from .base import Grouped, ModuleParams
@@ -113,9 +113,8 @@ def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None)
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return grouped
-    try:
-        config = json.loads(raw)
-    except ValueError:
+    config = parse_json(raw, what="the lora_adapter_metadata of this file")
+    if not isinstance(config, dict):
         return grouped
     modules = []
     for params in grouped.modules:
