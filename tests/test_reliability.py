@@ -31,8 +31,8 @@ def sd15():
 def _lora_file(folder: Path, name: str, metadata: dict[str, str] | None = None, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"
-    state = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(2, 8) * 0.1 + seed,
-             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(8, 2) * 0.1}
+    state = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.randn(2, 32) * 0.1 + seed,
+             "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.randn(32, 2) * 0.1}
     save_file(state, str(path), metadata=metadata)
     return path
 
@@ -118,3 +118,120 @@ def test_inspect_reports_nested_metadata_as_a_warning(tmp_path, capsys):
     result = inspect.report_with_warnings(path, "sd15")
     assert any("nested too deeply" in text and "deep.safetensors" in text for text in result["warnings"])
     assert result["trainer"] == DEEP[:80]
+
+
+# -- 14.8: odd names, unreadable folders ----------------------------------------------------------------------
+def test_a_file_name_that_is_not_utf8_is_refused_as_a_name_not_as_a_corrupt_file(tmp_path):
+    folder = tmp_path / "loras"
+    _lora_file(folder, "fine")
+    shutil.copy(folder / "fine.safetensors", os.fsencode(folder) + b"/caf\xe9.safetensors")
+    library = LoraLibrary([folder])
+    bad = [entry for entry in library.entries() if entry.refused]
+    assert len(bad) == 1 and bad[0].name == "caf\ufffd"
+    assert "'caf\\xe9' in" in bad[0].refused and "is not valid UTF-8" in bad[0].refused
+    assert "rename the file" in bad[0].refused and "corrupt" not in bad[0].refused
+    assert library.resolve("fine").name == "fine"
+
+
+def test_a_backslash_in_a_posix_file_name_can_be_named(tmp_path):
+    folder = tmp_path / "loras"
+    path = _lora_file(folder, "back\\slash")
+    _lora_file(folder / "sub", "name")
+    library = LoraLibrary([folder])
+    assert library.resolve("back\\slash").path == path
+    assert library.resolve("sub\\name").path == folder / "sub" / "name.safetensors"   # Windows habit still works
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable folders")
+def test_an_unreadable_sub_folder_is_reported(tmp_path):
+    folder = tmp_path / "loras"
+    _lora_file(folder, "fine")
+    _lora_file(folder / "locked", "hidden")
+    (folder / "locked").chmod(0)
+    try:
+        library = LoraLibrary([folder])
+        with pytest.warns(UserWarning, match=r"cannot read the LoRA folder '.*locked'.*Check its permissions"):
+            names = [entry.name for entry in library.entries()]
+        assert names == ["fine"]
+        with pytest.raises(LoraNameError, match=r"No LoRA named 'locked/hidden'.*cannot read the LoRA folder"):
+            library.resolve("locked/hidden")
+    finally:
+        (folder / "locked").chmod(0o755)
+
+
+def test_an_unreadable_sub_folder_is_reported_by_the_walk_error_handler(tmp_path, monkeypatch):
+    """The same report where the test runs as root (who reads every folder): os.walk's error is simulated."""
+    import lora_syntax.library as library_module
+
+    folder = tmp_path / "loras"
+    _lora_file(folder, "fine")
+    real_walk = os.walk
+
+    def walk(top, onerror=None, followlinks=False):
+        onerror(PermissionError(13, "Permission denied", str(folder / "locked")))
+        yield from real_walk(top, followlinks=followlinks)
+
+    monkeypatch.setattr(library_module.os, "walk", walk)
+    library = LoraLibrary([folder])
+    with pytest.warns(UserWarning, match=r"cannot read the LoRA folder '.*locked' \(Permission denied\)"):
+        library.entries()
+    assert library.warnings == (f"cannot read the LoRA folder '{folder / 'locked'}' (Permission denied); the "
+                                "LoRAs in it are not listed. Check its permissions.",)
+
+
+# -- 14.9: renames, alias changes, same-size rewrites that keep the mtime ------------------------------------
+def test_a_renamed_file_is_found_under_its_new_name_and_the_old_name_is_unknown(tmp_path):
+    folder = tmp_path / "loras"
+    _lora_file(folder, "old")
+    library = LoraLibrary([folder])
+    assert library.resolve("old").name == "old"
+    (folder / "old.safetensors").rename(folder / "new.safetensors")
+    with pytest.raises(LoraNameError, match=r"No LoRA named 'old'.*Closest names: 'new'|No LoRA named 'old'"):
+        library.resolve("old")
+    assert library.resolve("new").name == "new"
+
+
+def test_a_changed_alias_resolves_to_the_new_one_only(tmp_path):
+    folder = tmp_path / "loras"
+    path = _lora_file(folder, "file", {"ss_output_name": "first"})
+    library = LoraLibrary([folder])
+    assert library.resolve("first").path == path
+    _lora_file(folder, "file", {"ss_output_name": "second"})
+    with pytest.raises(LoraNameError, match="No LoRA named 'first'"):
+        library.resolve("first")
+    assert library.resolve("second").path == path
+
+
+def test_a_same_size_rewrite_keeping_the_mtime_is_reloaded(tmp_path, sd15):
+    from lora_syntax.keymaps.build import tree_from_pipeline
+
+    folder = tmp_path / "loras"
+    path = _lora_file(folder, "t", seed=0)
+    library, tree = LoraLibrary([folder]), tree_from_pipeline(sd15)
+    loaded = library.load("t", tree)
+    first = loaded.patches[0].adapter.down.clone()
+    stat = path.stat()
+    replacement = _lora_file(tmp_path / "new", "t", seed=3)
+    shutil.copyfile(replacement, path)                       # same size: only the contents change
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what cp -p / rsync -t do
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = library.load("t", tree)
+    assert again is not loaded and library.cache.misses == 2   # read again, not served from the cache
+    second = again.patches[0].adapter.down
+    assert not torch.equal(first, second) and torch.equal(second.mean().round(), torch.tensor(3.0))
+
+
+# -- 13.4: an alias never shadows another file's name ----------------------------------------------------------
+def test_an_alias_never_shadows_another_files_name_and_each_card_resolves_to_its_file(tmp_path):
+    folder = tmp_path / "loras"
+    sepia = _lora_file(folder, "Sepia", {"ss_output_name": "sepia"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shutil.copy(sepia, folder / "copy.safetensors")   # keeps its internal alias "sepia"
+    library = LoraLibrary([folder])
+    with pytest.warns(UserWarning, match=r"'copy.safetensors' has the alias 'sepia'.*also the name of "
+                                         r"'Sepia.safetensors'.*write <lora:copy> for this one"):
+        entries = library.entries(refresh=True)
+    assert library.resolve("sepia").path == sepia          # the file name (ignoring case) wins over the alias
+    assert library.resolve("copy").path == folder / "copy.safetensors"
+    assert {entry.name: library.tag_name(entry) for entry in entries} == {"Sepia": "Sepia", "copy": "copy"}
