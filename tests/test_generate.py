@@ -37,14 +37,19 @@ def test_generate_command_writes_png_with_infotext_and_timings(model_and_loras, 
     model, loras = model_and_loras
     out = tmp_path / "img.png"
     args = parse("a cat <lora:ink:1@1,0.5@2>", "--model", str(model), "--lora-dir", str(loras), "--steps", "3",
-                 "--seed", "7", "--out", str(out), "--negative", "dog", "--arch", "sd15", "--device", "cpu")
+                 "--seed", "7", "--out", str(out), "--negative", "dog, <lora:ink:0.3>", "--arch", "sd15",
+                 "--device", "cpu")
     assert generate.run(args) == 0
     text = Image.open(out).text["parameters"]
     lines = text.splitlines()
     assert lines[0] == "a cat <lora:ink:1@1,0.5@2>" and lines[1] == "Negative prompt: dog"
     assert "Steps: 3" in lines[2] and "Seed: 7" in lines[2] and "Size: 32x32" in lines[2]
-    assert "ink: te 1@1,0.5@2, unet 1@1,0.5@2" in lines[2]
-    printed = capsys.readouterr().out
+    assert lines[2].endswith('LoRA weights: "<lora:ink:te=1@1,0.5@2:unet=1@1,0.5@2>"')   # plans back (issue 14.11)
+    captured = capsys.readouterr()
+    # issue 14.13: a tag in the negative prompt is removed, not fed to the tokenizer, and the run says so
+    assert ("warning: LoRA tags in the negative prompt are not applied (a LoRA changes the model, not one prompt); "
+            "removed from it: '<lora:ink:0.3>'") in captured.err
+    printed = captured.out
     for label in ("load model", "apply", "re-weight @2", "restore"):
         assert label in printed
 

@@ -235,3 +235,21 @@ def test_an_alias_never_shadows_another_files_name_and_each_card_resolves_to_its
     assert library.resolve("sepia").path == sepia          # the file name (ignoring case) wins over the alias
     assert library.resolve("copy").path == folder / "copy.safetensors"
     assert {entry.name: library.tag_name(entry) for entry in entries} == {"Sepia": "Sepia", "copy": "copy"}
+
+
+# -- 14.7: inspect names the NaN/inf tensor --------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_inspect_names_a_non_finite_tensor_even_when_no_architecture_is_known(tmp_path, capsys, bad):
+    import argparse
+
+    from lora_syntax.commands import inspect
+
+    down = torch.randn(4, 7) * 0.1
+    down[0, 0] = bad
+    path = tmp_path / "broken.safetensors"
+    save_file({"lora_unet_odd_module.lora_down.weight": down,
+               "lora_unet_odd_module.lora_up.weight": torch.randn(7, 4)}, str(path))
+    assert inspect.run(argparse.Namespace(file=path, arch=None, json=False)) == 1
+    err = capsys.readouterr().err
+    what = "NaN" if bad != bad else "infinite"
+    assert f"has {what} values in tensor 'lora_unet_odd_module.lora_down.weight'" in err

@@ -101,14 +101,11 @@ class Generator:
         import torch
 
         from lora_syntax.hosts.diffusers import activate
-        from lora_syntax.syntax import parse
 
         with self.lock:
             pipe = self.load()
             steps = int(steps)
-            negative_parsed = parse(negative or "", on_error="skip")
             started = time.perf_counter()
-            negative = negative_parsed.prompt or None
             with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps, negative_prompt=negative,
                           library=self.library) as run:
                 def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
@@ -116,14 +113,12 @@ class Generator:
                     if progress is not None:
                         progress((step + 1, steps), desc=f"step {step + 1}/{steps}")
                     return tensors
-                result = pipe(run.prompt, negative_prompt=negative, num_inference_steps=steps,
+                result = pipe(run.prompt, negative_prompt=run.negative_prompt, num_inference_steps=steps,
                               width=int(width), height=int(height),
                               generator=torch.Generator("cpu").manual_seed(int(seed)),
                               callback_on_step_end=on_step,
                               callback_on_step_end_tensor_inputs=list(run.callback_tensor_inputs or ["latents"]))
                 warnings = list(run.warnings)
-            if negative_parsed.tags or negative_parsed.errors:
-                warnings.append("LoRA tags in the negative prompt are not applied by this app; they were removed")
             seconds = time.perf_counter() - started
         names = ", ".join(esc(lora.name) for lora in run.plan.loras) or "none"  # Markdown shows HTML: escape
         notes = "".join(f"\n- {esc(w)}" for w in warnings)

@@ -107,12 +107,11 @@ def describe(vector: tuple[float, ...]) -> str:
 
 
 def lora_summary(plan: Any) -> str:
-    """``ink: te 1, unet 1@1,0.25@3; oil: ...`` (denoiser weights before block multipliers)."""
-    items = []
-    for lora in plan.loras:
-        te, unet = lora.weights("text_encoder", None), lora.weights("unet", None)
-        items.append(f"{lora.name}: te {describe(te)}, unet {describe(unet)}")
-    return "; ".join(items)
+    """``<lora:ink:te=1:unet=1@1,0.25@3:in=0> <lora:oil:...>``: each LoRA's applied weights as a tag that plans
+    back to them (group weights, lbw, dyn and module included; see :func:`lora_syntax.plan.applied_tag`)."""
+    from ..plan import applied_tag
+
+    return " ".join(applied_tag(lora) for lora in plan.loras)
 
 
 def infotext(args: argparse.Namespace, pipe: Any, run: Any, size: tuple[int, int], model: str) -> str:
@@ -122,8 +121,8 @@ def infotext(args: argparse.Namespace, pipe: Any, run: Any, size: tuple[int, int
     if run.plan.loras:
         fields["LoRA weights"] = json.dumps(lora_summary(run.plan))
     lines = [args.prompt]
-    if args.negative:
-        lines.append(f"Negative prompt: {args.negative}")
+    if run.negative_prompt:
+        lines.append(f"Negative prompt: {run.negative_prompt}")
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
     return "\n".join(lines)
 
@@ -137,7 +136,7 @@ def render(pipe: Any, args: argparse.Namespace, lora_dirs: list[Path], model: st
     with activate(pipe, args.prompt, lora_dirs=lora_dirs, steps=args.steps, negative_prompt=args.negative,
                   architecture=args.arch) as run:
         start = time.perf_counter()
-        output = pipe(run.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+        output = pipe(run.prompt, negative_prompt=run.negative_prompt, num_inference_steps=args.steps,
                       guidance_scale=args.cfg, width=args.width, height=args.height,
                       generator=torch.Generator("cpu").manual_seed(args.seed),
                       callback_on_step_end=run.callback, callback_on_step_end_tensor_inputs=run.callback_tensor_inputs)

@@ -95,6 +95,18 @@ def no_architecture(file_format: str) -> str:
     return "architecture not detected from keys or metadata; pass --arch sd15|sd2|sdxl|flux"
 
 
+def tensor_problem(path: Path) -> str:
+    """``"; <why>"`` when a tensor of the file is unusable (NaN/inf, unreadable), else ``""``. Mapping reads
+    every tensor and says it; without an architecture nothing else would, and a broken file would pass."""
+    from ..io import load_state_dict
+
+    try:
+        load_state_dict(path)
+    except LoraFileError as error:
+        return f"; and {error}"
+    return ""
+
+
 def report(path: Path, requested: str | None) -> dict[str, Any]:
     """Everything ``inspect`` shows, as one JSON-ready dict."""
     from ..io import read_header
@@ -115,7 +127,7 @@ def report(path: Path, requested: str | None) -> dict[str, Any]:
         "preview": str(info.preview) if info.preview else None, "metadata": summarise(info.metadata),
         "matched": None, "modules": None, "unmatched": [], "mapping_error": None}
     if architecture is None:
-        result["mapping_error"] = no_architecture(info.format)
+        result["mapping_error"] = f"{no_architecture(info.format)}{tensor_problem(path)}"
         return result
     try:
         mapping = map_keys(path, architecture, len(header.shapes))

@@ -21,6 +21,11 @@ STAGES = ("high", "low")
 COMPONENT_NAMES = ("te", "unet", "text_encoder", "text_encoder_2", "text_encoder_3",
                    "transformer", "transformer_2", "high", "low")
 _FIELD = {"in": "in_"}
+#: Keyframes one weight may hold (docs/syntax.md, "Limits"): a schedule longer than this is an error.
+MAX_KEYFRAMES = 1024
+#: Largest |number| a weight or lbw multiplier may be: beyond it a fused weight overflows half precision
+#: (65,504) for any usual LoRA, and 1e308 overflows even the fp32 sum.
+MAX_WEIGHT = 10_000.0
 _STEP = re.compile(r"\d+")
 
 
@@ -50,6 +55,10 @@ def _number(item: RawItem, what: str) -> float:
         # nan/inf/infinity lex as numbers (tags.lark) so that they get this message, like 1e999 does
         raise TagProblem(f"bad number {item.text!r} for {what}: {item.text!r} is not a finite number; use a "
                          f"number such as 0.8", item.pos, "bad number")
+    if abs(value) > MAX_WEIGHT:
+        raise TagProblem(f"bad number {item.text!r} for {what}: weights and multipliers are limited to "
+                         f"±{MAX_WEIGHT:,.0f} (larger ones overflow the model's numbers); use a number such as "
+                         f"0.8", item.pos, "bad number")
     return value
 
 
@@ -102,6 +111,9 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
         return frozen(Schedule, {"keyframes": inner.keyframes, "interpolation": "lerp"})
     if len(items) == 1 and items[0].kind == "number":
         return Schedule.constant(_number(items[0], what))
+    if len(items) > MAX_KEYFRAMES:
+        raise TagProblem(f"bad schedule for {what}: {len(items):,} keyframes; at most {MAX_KEYFRAMES:,} are "
+                         f"allowed per weight (use lerp() for a ramp)", items[MAX_KEYFRAMES].pos, "bad schedule")
     frames = []
     for item in items:
         if item.kind == "number":
