@@ -253,3 +253,151 @@ def test_inspect_names_a_non_finite_tensor_even_when_no_architecture_is_known(tm
     err = capsys.readouterr().err
     what = "NaN" if bad != bad else "infinite"
     assert f"has {what} values in tensor 'lora_unet_odd_module.lora_down.weight'" in err
+
+
+# -- 14.4 / 13.9: bounded work and warnings per prompt ----------------------------------------------------------
+def test_thousands_of_keyframes_past_the_end_give_one_short_warning_per_weight():
+    from lora_syntax import build_plan
+
+    late = ",".join(f"1@{step}" for step in range(21, 621))               # 600 keyframes past step 20, per weight
+    tag = "<lora:x:" + ":".join(f"{key}=0@1,{late}" for key in ("te", "unet", "in", "mid", "out")) + ">"
+    plan = build_plan(f"a {tag}", 20)                                      # 3,000 keyframes past the end in all
+    assert len(tag) > 17_000 and len(plan.warnings) == 5
+    assert sum(map(len, plan.warnings)) < 5 * 400                          # it was 59 MB for 3,000 keyframes
+    assert plan.warnings[0] == (f"{tag[:60]}…{tag[-15:]} ({len(tag):,} characters): te= keyframes @21, @22, @23, "
+                                "@24, @25 and 595 more are after the last step (20): they never apply; use a step "
+                                "from 1 to 20 or a fraction (1.0 = the last step)")
+
+
+def test_repeated_warnings_are_collapsed_with_a_count():
+    from lora_syntax import build_plan
+
+    plan = build_plan(" ".join(["<lora:x:0@1,1@30>"] * 3), 20)
+    assert plan.warnings[0] == ("<lora:x:0@1,1@30>: strength keyframe @30 is after the last step (20): it never "
+                                "applies; use a step from 1 to 20 or a fraction (1.0 = the last step) (3 times)")
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ("a " * 40_000 + "<lora:x:1>", "the prompt has 80,010 characters; at most 65,536 are read for LoRA tags"),
+    (" ".join(f"<lora:x{i}:0.1>" for i in range(300)), "the prompt has 300 LoRA tags; at most 256 are allowed"),
+    ("<lora:x:" + ",".join(f"1@{i}" for i in range(1, 1100)) + ">",
+     "bad schedule for strength: 1,099 keyframes; at most 1,024 are allowed per weight"),
+    ("<lora:x:1e308>", "bad number '1e308' for strength: weights and multipliers are limited to ±10,000"),
+    ("<lora:x:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,-2e4>", "bad number '-2e4' for lbw: weights and multipliers"),
+])
+def test_past_a_documented_limit_the_prompt_gets_a_clear_error_naming_it(prompt, message):
+    from lora_syntax import build_plan
+    from lora_syntax.errors import LoraSyntaxError
+    from lora_syntax.syntax import parse
+
+    with pytest.raises(LoraSyntaxError, match=re_escape(message)):
+        build_plan(prompt, 20)
+    skipped = parse(prompt, on_error="skip")               # hosts that skip bad tags: removed, reported
+    assert "<lora:" not in skipped.prompt and message in str(skipped.errors[0])
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_a_huge_tag_is_planned_in_linear_size():
+    from lora_syntax import build_plan
+    from lora_syntax.syntax import parse
+
+    prompt = "<lora:x:" + ",".join(f"{step % 7}@{step}" for step in range(1, 1025)) + ":lbw=OUTD>"
+    plan = build_plan(prompt, 1000)
+    assert len(plan.loras[0].change_points) > 800 and sum(map(len, plan.warnings)) < 1_000
+    assert len(parse(prompt).tags[0].strength.keyframes) == 1024
+
+
+# -- 13.5 / 14.10: the plan once the files are known -------------------------------------------------------------
+def test_the_strength_warning_counts_only_components_a_file_touches(tmp_path, sd15):
+    folder = tmp_path / "loras"
+    write_lora(folder, "sepia", lora_state_dict(sd15, ("unet",), seed=1))
+    write_lora(folder, "night", lora_state_dict(sd15, ("unet",), seed=2))
+    from lora_syntax import build_plan
+
+    prompt = "a <lora:sepia:1> <lora:night:1>"
+    assert "text encoders 2.00 at step 1" in build_plan(prompt, 8).warnings[-1]   # not knowing the files
+    with activate(sd15, prompt, lora_dirs=[folder], steps=8) as run:
+        assert run.warnings == ("total LoRA strength above 1.5: denoiser in blocks 2.00 at step 1; denoiser mid "
+                                "blocks 2.00 at step 1; denoiser out blocks 2.00 at step 1. Stacked LoRAs compound each other's artefacts: lower some weights",)
+    with activate(sd15, "a <lora:sepia:1:unet=0.1> <lora:night:1:unet=0.1>", lora_dirs=[folder], steps=8) as run:
+        assert run.warnings == ()   # only their text encoders would pass 1.5, and they have none
+
+
+def test_low_or_transformer_2_on_a_one_transformer_model_is_named(tmp_path):
+    pipe = tiny_pipeline("flux")
+    write_lora(tmp_path, "ink", lora_state_dict(pipe, ("transformer",), seed=6))
+    for tag in ("<lora:ink:1:low>", "<lora:ink:1:module=transformer_2>"):
+        with activate(pipe, f"a {tag}", lora_dirs=[tmp_path], steps=2, architecture="flux") as run:
+            assert run.warnings == (f"{tag}: this model has no transformer_2 (its denoiser: transformer), so nothing "
+                                    "of this LoRA is applied to its denoiser; `low` and module=transformer_2 are for "
+                                    "two-stage models (Wan 2.2)",)
+    with activate(pipe, "a <lora:ink:1:high>", lora_dirs=[tmp_path], steps=2, architecture="flux") as run:
+        assert run.warnings == ()
+
+
+# -- 14.11: the LoRA weights infotext plans back to the same weights ---------------------------------------------
+ROUND_TRIP_TAGS = (
+    "<lora:night:1:in=0:te=0@1,0.5@4>", "<lora:a:0.8>", "<lora:a:0.7:0.3>", "<lora:a:1:te=0.1@1,0.6@6>",
+    "<lora:a:0@0,1@0.5>", "<lora:a:1@50%>", "<lora:a:lerp(0@0,1@10)>", "<lora:a:1:mid=0.25:out=lerp(1@1,0@12)>",
+    "<lora:a:1:lbw=OUTD>", "<lora:a:1:lbw=1,0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1>", "<lora:a:1:dyn=8>",
+    "<lora:a:1:module=te>", "<lora:a:1:module=unet:in=0.5>", "<lora:a:-0.5:unet=2@3,0@9>", "<lyco:a:1:0.5:4>",
+    "<lora:a:1:high>", "<lora:a:0.3:low>", "<lora:styles/ink:1:te=0>", "<lora:a:0.3333>",
+    "<lora:a:lerp(0@1,1@4,0.5@0.9)>",
+)
+
+
+@pytest.mark.parametrize("tag", ROUND_TRIP_TAGS)
+@pytest.mark.parametrize("steps", [1, 12, 30])
+def test_the_applied_tag_plans_back_to_the_same_weights(tag, steps):
+    from lora_syntax import build_plan
+    from lora_syntax.plan import COMPONENTS, applied_tag
+
+    original = build_plan(tag, steps).loras[0]
+    written = applied_tag(original)
+    again = build_plan(written, steps).loras[0]
+    assert again == original, written
+    for component in COMPONENTS:
+        for block in (None, "IN04", "M00", "OUT08", "BASE"):
+            assert again.weights(component, block) == original.weights(component, block), (written, component, block)
+
+
+def test_the_infotext_keeps_group_weights():
+    from lora_syntax import build_plan
+    from lora_syntax.commands.generate import lora_summary
+
+    plan = build_plan("<lora:night:1:in=0:te=0@1,0.5@4> <lora:sepia:0.5>", 10)
+    assert lora_summary(plan) == "<lora:night:te=0@1,0.5@4:unet=1:in=0> <lora:sepia:te=0.5:unet=0.5>"
+
+
+# -- 14.13: tags in the negative prompt, the same way everywhere --------------------------------------------------
+def test_negative_prompt_tags_are_removed_and_named_by_one_core_function(tmp_path, sd15):
+    from lora_syntax.hosts.diffusers import generate
+    from lora_syntax.syntax import strip_negative
+
+    assert strip_negative("blurry, <lora:night:0.3>") == (
+        "blurry", "LoRA tags in the negative prompt are not applied (a LoRA changes the model, not one prompt); "
+                  "removed from it: '<lora:night:0.3>'")
+    assert strip_negative("blurry <lora:bad:x>, dark") == (
+        "blurry, dark", "LoRA tags in the negative prompt are not applied (a LoRA changes the model, not one "
+                        "prompt); removed from it: '<lora:bad:x>'")
+    assert strip_negative("blurry") == ("blurry", None) and strip_negative("") == (None, None)
+    write_lora(tmp_path, "ink", lora_state_dict(sd15, seed=1))
+    seen = []
+    real_encode = sd15.encode_prompt
+
+    def encode(*args, **kwargs):
+        seen.append(kwargs.get("negative_prompt", args[4] if len(args) > 4 else None))
+        return real_encode(*args, **kwargs)
+
+    sd15.encode_prompt = encode
+    try:
+        generate(sd15, "a <lora:ink:1>", lora_dirs=[tmp_path], steps=1, negative_prompt="blurry, <lora:ink:0.3>",
+                 output_type="latent", height=32, width=32)
+    finally:
+        del sd15.encode_prompt
+    assert seen == ["blurry"]
