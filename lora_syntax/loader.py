@@ -26,6 +26,9 @@ from .keymaps.tree import ModelTree
 from .targets import LoadedLora, ModulePatch, ModuleTarget
 
 DISPLAY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
+#: |value| of a factor above which a LoRA is loaded with a warning: trained factors stay far below 1, and
+#: one this large saturates half-precision weights (65,504) at any usual weight.
+LARGE_VALUE = 1e4
 
 
 def display_name(architecture: str) -> str:
@@ -46,6 +49,26 @@ def _read(source: Path | str | Mapping[str, torch.Tensor],
 
     path = Path(source)
     return path, load_state_dict(path, roots=roots), dict(read_header(path, roots=roots).metadata)
+
+
+def large_values(state_dict: Mapping[str, torch.Tensor], name: str) -> tuple[str, ...]:
+    """A warning naming the tensor with the largest |value| when it passes :data:`LARGE_VALUE` (alphas aside).
+    One norm over every factor first (max |x| <= the norm): a usual file costs a single pass."""
+    factors = {k: t for k, t in state_dict.items() if not k.endswith("alpha") and t.is_floating_point() and t.numel()}
+    if not factors:
+        return ()
+    try:
+        bound = float(torch.nn.utils.get_total_norm(list(factors.values()), error_if_nonfinite=False))
+    except (AttributeError, RuntimeError, TypeError):   # torch < 2.6, or dtypes without a norm
+        bound = float("inf")
+    if bound <= LARGE_VALUE:
+        return ()
+    peaks = {key: float(tensor.detach().abs().max().float()) for key, tensor in factors.items()}
+    key = max(peaks, key=peaks.__getitem__)
+    if peaks[key] <= LARGE_VALUE:
+        return ()
+    return (f"LoRA '{name}': tensor '{key}' holds values up to {peaks[key]:.3g} (above {LARGE_VALUE:,.0f}); trained "
+            "LoRA factors are far smaller, so this file will likely ruin the image. Check it, or re-download it.",)
 
 
 def check_architecture(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], tree: ModelTree,
@@ -126,4 +149,5 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
                             f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
                             "it was made for another model.", path=path)
     return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=dialect.name,
-                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=metadata)
+                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=metadata,
+                      warnings=large_values(state_dict, name))

@@ -401,3 +401,73 @@ def test_negative_prompt_tags_are_removed_and_named_by_one_core_function(tmp_pat
     finally:
         del sd15.encode_prompt
     assert seen == ["blurry"]
+
+
+# -- 14.5 / 14.6: rank 0, non-float factors, absurd magnitudes ----------------------------------------------------
+PROJ_IN = "lora_unet_down_blocks_0_attentions_0_proj_in"
+
+
+def _load(sd15, state):
+    from lora_syntax.keymaps.build import tree_from_pipeline
+    from lora_syntax.loader import load_lora
+
+    return load_lora(state, tree_from_pipeline(sd15), name="bad")
+
+
+def test_a_rank_0_lora_is_refused_as_a_file_error_naming_the_module(sd15):
+    state = {f"{PROJ_IN}.lora_down.weight": torch.zeros(0, 32), f"{PROJ_IN}.lora_up.weight": torch.zeros(32, 0),
+             f"{PROJ_IN}.alpha": torch.tensor(4.0)}
+    with pytest.raises(LoraFileError, match=r"LoRA 'bad' at unet\.down_blocks\.0\.attentions\.0\.proj_in: "
+                                            r"lora_down\.weight has shape \(0, 32\), with no values \(a rank-0 LoRA\)"):
+        _load(sd15, state)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8, torch.int32])
+def test_non_float_factors_are_refused(sd15, dtype):
+    state = {f"{PROJ_IN}.lora_down.weight": torch.ones(2, 32, dtype=dtype),
+             f"{PROJ_IN}.lora_up.weight": torch.ones(32, 2, dtype=dtype), f"{PROJ_IN}.alpha": torch.tensor(2)}
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(LoraFileError, match=rf"proj_in: lora_down\.weight holds {name} values; LoRA factors are "
+                                            r"floating point"):
+        _load(sd15, state)
+
+
+def test_an_int_alpha_is_still_accepted(sd15):
+    state = {f"{PROJ_IN}.lora_down.weight": torch.ones(2, 32), f"{PROJ_IN}.lora_up.weight": torch.ones(32, 2),
+             f"{PROJ_IN}.alpha": torch.tensor(1, dtype=torch.int64)}
+    loaded = _load(sd15, state)
+    assert loaded.patches[0].adapter.alpha == 1.0 and loaded.warnings == ()
+
+
+def test_absurd_magnitudes_are_loaded_with_a_warning_naming_the_tensor(tmp_path, sd15):
+    up = torch.ones(32, 2) * 0.01
+    up[3, 1] = 1e30
+    state = {f"{PROJ_IN}.lora_down.weight": torch.ones(2, 32) * 0.01, f"{PROJ_IN}.lora_up.weight": up}
+    assert _load(sd15, state).warnings == (
+        f"LoRA 'bad': tensor '{PROJ_IN}.lora_up.weight' holds values up to 1e+30 (above 10,000); trained LoRA factors "
+        "are far smaller, so this file will likely ruin the image. Check it, or re-download it.",)
+    write_lora(tmp_path, "big", state)
+    with activate(sd15, "a <lora:big:0.5>", lora_dirs=[tmp_path], steps=1) as run:
+        assert any("holds values up to 1e+30" in warning for warning in run.warnings)
+
+
+# -- 14.3: runs do not nest, kept or not ---------------------------------------------------------------------------
+def test_activate_inside_a_kept_run_raises_and_the_outer_stack_stays(tmp_path):
+    from lora_syntax.hosts.diffusers import restore
+    from lora_syntax.session import LoraSessionBusyError
+
+    pipe = tiny_pipeline("sd15")
+    write_lora(tmp_path, "ink", lora_state_dict(pipe, seed=1))
+    write_lora(tmp_path, "oil", lora_state_dict(pipe, seed=2))
+    before = snapshot(pipe)
+    q = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    with activate(pipe, "a <lora:ink:1>", lora_dirs=[tmp_path], steps=2, keep=True):
+        outer = q.weight.detach().clone()
+        with pytest.raises(LoraSessionBusyError, match=r"<lora:ink> is still running on this model; LoRA runs do "
+                                                       r"not nest"):
+            with activate(pipe, "a <lora:oil:1>", lora_dirs=[tmp_path], steps=2, keep=True):
+                pass
+        assert torch.equal(q.weight, outer)
+    assert torch.equal(q.weight, outer)      # kept: the outer stack, not the inner one
+    restore(pipe)
+    assert_bitwise(before, pipe)
