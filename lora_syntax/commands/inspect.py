@@ -71,6 +71,8 @@ def map_keys(path: Path, architecture: str, key_count: int) -> dict[str, Any]:
     except ImportError as error:
         return {"matched": None, "unmatched": [], "mapping_error": f"key mapping unavailable: {error}"}
     loaded = loader.load_lora(path, tree, name=path.stem)
+    for text in getattr(loaded, "warnings", ()):   # collected by report_with_warnings
+        warnings.warn(text, stacklevel=2)
     unmatched = sorted(loaded.unmatched)
     mapped = {key for patch in loaded.patches for key in patch.source_keys}
     return {"matched": len(mapped) if mapped else key_count - len(unmatched), "unmatched": unmatched,
