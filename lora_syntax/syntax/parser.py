@@ -138,8 +138,7 @@ def _over_limit(prompt: str, found: list[tuple[int, int, bool]]) -> LoraSyntaxEr
     else:
         return None
     end = next((e for s, e, _ in found if s == start), start + 1)
-    return syntax_error(problem, text=prompt[:MAX_PROMPT_CHARS], offset=min(start, MAX_PROMPT_CHARS - 1),
-                        tag=prompt[start:end][:200])
+    return syntax_error(problem, text=prompt, offset=start, tag=prompt[start:end][:200])
 
 
 @lru_cache(maxsize=512)
