@@ -471,3 +471,16 @@ def test_activate_inside_a_kept_run_raises_and_the_outer_stack_stays(tmp_path):
     assert torch.equal(q.weight, outer)      # kept: the outer stack, not the inner one
     restore(pipe)
     assert_bitwise(before, pipe)
+
+
+def test_a_card_whose_name_cannot_be_written_never_inserts_an_alias_meaning_another_file(tmp_path):
+    from ui.networks import NetworksModel
+
+    folder = tmp_path / "loras"
+    _lora_file(folder, "sepia", {"ss_output_name": "sepia"})
+    _lora_file(folder, "odd:name", {"ss_output_name": "sepia"})    # ':' cannot be written in a tag
+    _lora_file(folder, "other:name", {"ss_output_name": "moody"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cards = {card.name: card.tag_name for card in NetworksModel(LoraLibrary([folder])).cards()}
+    assert cards == {"odd:name": None, "other:name": "moody", "sepia": "sepia"}

@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -65,14 +65,18 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
-def tag_name_for(name: str, aliases: Sequence[str]) -> str | None:
-    """The first of ``name`` and ``aliases`` that the tag parser reads back unchanged.
+def tag_name_for(name: str, aliases: Sequence[str],
+                 resolves: Callable[[str], bool] | None = None) -> str | None:
+    """The first of ``name`` and ``aliases`` that the tag parser reads back unchanged (and, given
+    ``resolves``, that the library resolves back to this card's file: an alias may be another file's name).
 
     Names holding ``:``, ``<`` or ``>`` cannot be written inside a tag; their alias may be.
     """
     from lora_syntax.syntax import parse
 
     for candidate in (name, *aliases):
+        if resolves is not None and not resolves(candidate):
+            continue
         try:
             tags = parse(f"<lora:{candidate}:1>").tags
         except Exception:  # noqa: BLE001 - any failure means "not writable", the card says so
@@ -95,12 +99,14 @@ def auto_words(info: Any) -> tuple[str, ...]:
     return tuple(word for word in info.trigger_words if word not in captions)
 
 
-def card_from_entry(entry: Any, info: Any | None, problem: str | None = None) -> Card:
-    """Build a :class:`Card`; ``info`` is None when the file could not be read (``problem`` says why)."""
+def card_from_entry(entry: Any, info: Any | None, problem: str | None = None,
+                    resolves: Callable[[str], bool] | None = None) -> Card:
+    """Build a :class:`Card`; ``info`` is None when the file could not be read (``problem`` says why);
+    ``resolves(name)``: whether a tag with that name means this entry's file (see :func:`tag_name_for`)."""
     group = str(PurePosixPath(entry.name).parent)
     weight = getattr(info, "preferred_weight", None) or 1.0
     return Card(
-        name=entry.name, tag_name=tag_name_for(entry.name, entry.aliases), group="" if group == "." else group,
+        name=entry.name, tag_name=tag_name_for(entry.name, entry.aliases, resolves), group="" if group == "." else group,
         architecture=getattr(info, "architecture", None), weight=float(weight),
         auto_words=auto_words(info) if info else (), words=tuple(getattr(info, "trigger_words", ())),
         aliases=tuple(entry.aliases), tags=tuple(getattr(info, "tag_frequency", {}) or {}),

@@ -39,8 +39,21 @@ class NetworksModel:
                     info = self.library.info(entry)
                 except (LoraError, OSError) as error:
                     problem = str(error)
-            cards.append(card_from_entry(entry, info, problem))
+            cards.append(card_from_entry(entry, info, problem, self._resolver(entry)))
         return cards
+
+    def _resolver(self, entry: Any) -> Callable[[str], bool] | None:
+        """``name -> whether a tag with it means entry's file`` (a card must insert its own file's name)."""
+        resolve = getattr(self.library, "resolve", None)
+        if resolve is None:
+            return None
+
+        def resolves(name: str) -> bool:
+            try:
+                return resolve(name).path == entry.path
+            except LoraError:
+                return False
+        return resolves
 
     def html(self, query: str = "", architecture: str = "all", sort: str = "name", refresh: bool = False) -> str:
         """The cards panel for the current search, filter and sort."""
