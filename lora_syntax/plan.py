@@ -19,7 +19,7 @@ from typing import NamedTuple, Union
 from . import blocks
 from .errors import LoraSyntaxError
 from .schedule import change_steps, peak, resolve
-from .syntax.format import format_keyframe, format_number, format_tag_parts
+from .syntax.format import format_keyframe
 from .syntax.model import BlockWeights, Keyframe, LoraTag, ParsedPrompt, Schedule
 from .syntax.parser import parse
 
@@ -460,27 +460,6 @@ def absent_component_warnings(loras: tuple[LoraPlan, ...], components: Collectio
                              f"{kind}: {has}), so nothing of this LoRA is applied to its {kind}; `low` and "
                              f"module=transformer_2 are for two-stage models (Wan 2.2)")
     return found
-
-
-def applied_tag(lora: LoraPlan) -> str:
-    """A tag whose plan over the same steps is ``lora`` (weights per group written step by step): what the
-    ``LoRA weights`` infotext records, so that an image's text reads back to the weights it was made with."""
-    weights = lora.group_weights
-    parts = [lora.name, f"te={_steps_text(weights['te'])}", f"unet={_steps_text(weights['unet'])}"]
-    parts += [f"{group}={_steps_text(weights[group])}" for group in ("in", "mid", "out")
-              if weights[group] != weights["unet"]]
-    tag = lora.tag
-    extra = format_tag_parts(tag, ("dyn", "lbw"))
-    if lora.modules is not None:
-        parts.append("module=" + ",".join(c for c in COMPONENTS if c in lora.modules))
-    return f"<{tag.kind}:" + ":".join(parts + extra) + ">"
-
-
-def _steps_text(vector: tuple[float, ...]) -> str:
-    """``0.8`` for a constant, else ``value@step`` at step 1 and at each step where the value changes."""
-    if vector.count(vector[0]) == len(vector):
-        return format_number(vector[0])
-    return ",".join(f"{format_number(v)}@{i}" for i, v in enumerate(vector, start=1) if i == 1 or v != vector[i - 2])
 
 
 Touched = Callable[[LoraPlan], Collection[str]] | None

@@ -355,7 +355,8 @@ ROUND_TRIP_TAGS = (
 @pytest.mark.parametrize("steps", [1, 12, 30])
 def test_the_applied_tag_plans_back_to_the_same_weights(tag, steps):
     from lora_syntax import build_plan
-    from lora_syntax.plan import COMPONENTS, applied_tag
+    from lora_syntax.infotext import applied_tag
+    from lora_syntax.plan import COMPONENTS
 
     original = build_plan(tag, steps).loras[0]
     written = applied_tag(original)

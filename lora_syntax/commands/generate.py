@@ -108,8 +108,8 @@ def describe(vector: tuple[float, ...]) -> str:
 
 def lora_summary(plan: Any) -> str:
     """``<lora:ink:te=1:unet=1@1,0.25@3:in=0> <lora:oil:...>``: each LoRA's applied weights as a tag that plans
-    back to them (group weights, lbw, dyn and module included; see :func:`lora_syntax.plan.applied_tag`)."""
-    from ..plan import applied_tag
+    back to them (group weights, lbw, dyn and module included; see :func:`lora_syntax.infotext.applied_tag`)."""
+    from ..infotext import applied_tag
 
     return " ".join(applied_tag(lora) for lora in plan.loras)
 
