@@ -139,7 +139,7 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
     check_architecture({k: tuple(v.shape) for k, v in state_dict.items()}, metadata, tree, name=name, path=path)
     dialect = pick_dialect(state_dict.keys(), name=name)
     try:
-        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata)
+        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata, f"LoRA '{name}'")
     except LoraFileError as err:
         raise type(err)(f"LoRA '{name}': {err}", path=path) from err
     patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)

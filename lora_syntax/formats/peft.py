@@ -108,12 +108,13 @@ def _alpha_for(module: str, alpha: float | None, pattern: Mapping[str, float]) -
     return alpha
 
 
-def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None) -> Grouped:
-    """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none."""
+def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None, source: str = "this file") -> Grouped:
+    """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none
+    (``source`` names the file in the warning about metadata that is not JSON)."""
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return grouped
-    config = parse_json(raw, what="the lora_adapter_metadata of this file")
+    config = parse_json(raw, what=f"the lora_adapter_metadata of {source}")
     if not isinstance(config, dict):
         return grouped
     modules = []
