@@ -485,3 +485,25 @@ def test_a_card_whose_name_cannot_be_written_never_inserts_an_alias_meaning_anot
         warnings.simplefilter("ignore")
         cards = {card.name: card.tag_name for card in NetworksModel(LoraLibrary([folder])).cards()}
     assert cards == {"odd:name": None, "other:name": "moody", "sepia": "sepia"}
+
+
+def test_a_preview_swapped_for_a_symlink_out_of_the_folders_is_not_shown(tmp_path):
+    from PIL import Image
+
+    from ui.networks import NetworksModel
+
+    folder, outside = tmp_path / "loras", tmp_path / "elsewhere"
+    _lora_file(folder, "t")
+    outside.mkdir()
+    Image.new("RGB", (4, 4), "red").save(folder / "t.png")
+    Image.new("RGB", (4, 4), "blue").save(outside / "secret.png")
+    model = NetworksModel(LoraLibrary([folder]))
+    assert model.cards()[0].preview == folder / "t.png"
+    info = model.library.info("t")
+    (folder / "t.png").unlink()
+    (folder / "t.png").symlink_to(outside / "secret.png")
+    from ui.cards import card_from_entry
+
+    assert card_from_entry(model.library.entries()[0], info).preview is None   # info read before the swap
+    with pytest.warns(UserWarning, match="outside the LoRA folders"):
+        assert model.cards()[0].preview is None

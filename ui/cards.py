@@ -110,7 +110,17 @@ def card_from_entry(entry: Any, info: Any | None, problem: str | None = None,
         architecture=getattr(info, "architecture", None), weight=float(weight),
         auto_words=auto_words(info) if info else (), words=tuple(getattr(info, "trigger_words", ())),
         aliases=tuple(entry.aliases), tags=tuple(getattr(info, "tag_frequency", {}) or {}),
-        size=int(entry.size), mtime=float(entry.mtime), preview=getattr(info, "preview", None), problem=problem)
+        size=int(entry.size), mtime=float(entry.mtime), preview=_contained_preview(entry, info), problem=problem)
+
+
+def _contained_preview(entry: Any, info: Any | None) -> Path | None:
+    """The info's preview, checked again to lie inside the LoRA folders just before a card reads it."""
+    from lora_syntax.io import is_inside
+
+    preview, roots = getattr(info, "preview", None), getattr(entry, "roots", None)
+    if preview is not None and roots and not is_inside(preview, roots):
+        return None
+    return preview
 
 
 def matches(card: Card, query: str) -> bool:
