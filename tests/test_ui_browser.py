@@ -118,6 +118,19 @@ def test_click_inserts_at_cursor_of_focused_negative_box_without_duplicate_words
     assert page.input_value(PROMPT) == "inkwash mountain"
 
 
+def test_click_mid_prompt_then_weight_edit_then_click_gives_the_prompt_back(page) -> None:
+    original = "a blue circle on a white background"
+    page.fill(PROMPT, original)
+    page.locator(PROMPT).evaluate("box => { box.focus(); box.setSelectionRange(6, 6); }")
+    networks(page)
+    card(page, "watercolor").click()
+    inserted = "a blue, <lora:styles/watercolor:1>, wcstyle, circle on a white background"
+    assert page.input_value(PROMPT) == inserted
+    page.fill(PROMPT, inserted.replace(":1>", ":0.45>"))
+    card(page, "watercolor").click()
+    assert page.input_value(PROMPT) == original
+
+
 def test_auto_insert_off_inserts_only_the_tag(page) -> None:
     networks(page)
     page.locator("#lsx_autoinsert input[type=checkbox]").uncheck()
