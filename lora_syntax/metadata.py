@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -29,6 +30,8 @@ from .io import SafetensorsHeader, read_header, read_tensors
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 TOP_CAPTION_TAGS = 10  # caption tags from ss_tag_frequency offered as trigger words
 A1111_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
+# A1111's "Preferred weight" slider runs from 0 to 2; 0 means "not set" (the weight in the tag is then 1).
+PREFERRED_WEIGHT_RANGE = (0.0, 2.0)
 _REPEAT_PREFIX = re.compile(r"^\d+_")
 _ARCH_HINTS = (("flux", "flux"), ("xl", "sdxl"), ("sd_v2", "sd2"), ("v2", "sd2"), ("sd2", "sd2"),
                ("sd_v1", "sd15"), ("v1", "sd15"), ("sd1", "sd15"))
@@ -360,6 +363,21 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
+def parse_preferred_weight(value: str | float | int | None) -> float:
+    """A preferred weight typed by a user, checked: a finite number in :data:`PREFERRED_WEIGHT_RANGE`
+    (empty = 0 = unset). Raises :class:`ValueError` with a message for the user otherwise."""
+    low, high = PREFERRED_WEIGHT_RANGE
+    text = "" if value is None else str(value).strip()
+    try:
+        weight = float(text) if text else 0.0
+    except ValueError:
+        weight = math.nan
+    if isinstance(value, bool) or not (math.isfinite(weight) and low <= weight <= high):
+        raise ValueError(f"preferred weight must be a number from {low:g} to {high:g} (0 or empty = not set, "
+                         f"as in A1111), not {text!r}; nothing was saved.")
+    return weight
+
+
 def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = None,
                        preferred_weight: float | None = None, negative_text: str | None = None,
                        notes: str | None = None, description: str | None = None,
@@ -367,6 +385,8 @@ def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = N
     """Create or update the A1111 sidecar ``NAME.json``; arguments left ``None`` keep their stored value,
     and keys this function does not know are kept. Returns the sidecar's path."""
     lora_path = Path(lora_path)
+    if preferred_weight is not None:
+        preferred_weight = parse_preferred_weight(preferred_weight)
     target = sidecar(lora_path, ".json")
     data: dict[str, Any] = {}
     if target.exists():

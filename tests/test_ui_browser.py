@@ -160,8 +160,12 @@ def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir)
     page.locator(PROMPT).focus()
     panel.locator(".lsx-chip:not(.lsx-tag)", has_text="mountain").click()
     assert page.input_value(PROMPT) == "mountain"
-    weight = page.locator("#lsx_weight input")
+    weight = page.locator("#lsx_weight textarea, #lsx_weight input")
     assert float(weight.input_value()) == 0.8
+    weight.fill("abc")
+    page.locator("#lsx_save").click()
+    page.locator("#lsx_status", has_text="preferred weight must be a number from 0 to 2").wait_for()
+    assert "notes" not in json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))
     weight.fill("0.6")
     page.fill("#lsx_notes textarea", "good at 0.6")
     page.locator("#lsx_save").click()

@@ -98,7 +98,7 @@ def test_refresh_rescans_folders(model, tmp_path) -> None:
 
 def test_details_and_save_write_a1111_sidecar(model, tmp_path) -> None:
     panel, activation, weight, negative, notes, status = model.details("inkwash")
-    assert "kohya-ss/sd-scripts" in panel and "mountain" in panel and (weight, status) == (0.8, "")
+    assert "kohya-ss/sd-scripts" in panel and "mountain" in panel and (weight, status) == ("0.8", "")
     message = model.save("inkwash", "inkwash, ink", 0.65, "blurry", "my notes")
     assert message.startswith("Saved")
     saved = json.loads((tmp_path / "inkwash.json").read_text(encoding="utf-8"))
@@ -107,6 +107,30 @@ def test_details_and_save_write_a1111_sidecar(model, tmp_path) -> None:
     assert by_name(model)["inkwash"].auto_words == ("inkwash", "ink")
     assert model.save("", "", 0, "", "").startswith("**Error:**")
     assert model.details("gone")[-1].startswith("**Error:**")
+
+
+@pytest.mark.parametrize("typed", ["-1", "100", "100000000099", "abc", "nan", "inf", "1e400", "2.01", " -0.5 "])
+def test_save_refuses_a_preferred_weight_outside_0_to_2_and_keeps_the_file(model, tmp_path, typed) -> None:
+    sidecar = tmp_path / "inkwash.json"
+    before = sidecar.read_bytes() if sidecar.exists() else None
+    message = model.save("inkwash", "changed", typed, "changed", "changed")
+    assert message == ("**Error:** preferred weight must be a number from 0 to 2 (0 or empty = not set, as in "
+                       f"A1111), not {typed.strip()!r}; nothing was saved.".replace("'", "&#x27;"))
+    assert (sidecar.read_bytes() if sidecar.exists() else None) == before
+
+
+@pytest.mark.parametrize(("typed", "stored"), [("0", 0.0), ("", 0.0), ("2", 2.0), (" 0.35 ", 0.35), (1.25, 1.25)])
+def test_save_accepts_weights_0_to_2_as_typed(model, tmp_path, typed, stored) -> None:
+    assert model.save("inkwash", "", typed, "", "").startswith("Saved")
+    assert json.loads((tmp_path / "inkwash.json").read_text(encoding="utf-8"))["preferred weight"] == stored
+
+
+def test_save_user_metadata_checks_the_weight_too(tmp_path) -> None:
+    from lora_syntax.metadata import save_user_metadata
+
+    with pytest.raises(ValueError, match="from 0 to 2"):
+        save_user_metadata(tmp_path / "x.safetensors", preferred_weight=float("nan"))
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_plan_view_shows_table_plot_and_error_columns() -> None:

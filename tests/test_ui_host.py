@@ -84,7 +84,7 @@ def save_preferred_weight_in_details(page, lora_dir: Path) -> None:
     page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="inkwash")).locator(".lsx-details").click()
     # Gradio 3.41 puts an HTML/Markdown component's elem_id on two nested elements: take the first
     page.locator("#lsx_details_html", has_text="kohya-ss/sd-scripts").first.wait_for()
-    page.locator("#lsx_weight input").fill("0.7")
+    page.locator("#lsx_weight textarea, #lsx_weight input").fill("0.7")
     page.locator("#lsx_save").click()
     page.locator("#lsx_status", has_text="Saved").first.wait_for()
     assert json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))["preferred weight"] == 0.7
