@@ -10,6 +10,7 @@ whole or fails with a named error.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,13 +100,30 @@ def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) 
     return ModulePatch(ModuleTarget(target.component, target.module, block), adapter, params.source_keys)
 
 
-def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
-              metadata: Mapping[str, str] | None = None, name: str | None = None) -> LoadedLora:
-    """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
+@dataclass(frozen=True)
+class Misfit:
+    """A module whose weight shape the LoRA's tensors do not fit."""
 
-    ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
-    (default: the file stem).
-    """
+    target: str                   # "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
+    model_shape: tuple[int, ...]
+    file_shapes: str              # "lora_down.weight (4, 32), lora_up.weight (32, 4)"
+
+
+@dataclass(frozen=True)
+class ShapeFit:
+    """How a LoRA's modules fit a tree's shapes (``inspect`` counts them instead of stopping at the first)."""
+
+    format: str
+    keys: int                     # keys in the file
+    named_keys: int               # keys that name a module of the tree
+    modules: int                  # modules they name
+    misfits: tuple[Misfit, ...]   # the modules whose shapes do not fit
+    unmatched: tuple[str, ...]
+
+
+def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
+             name: str | None) -> tuple[Path | None, str, dict, dict, object, object]:
+    """Read, refuse another architecture, pick the key dialect and group the keys per module."""
     path, state_dict, file_metadata = _read(source)
     metadata = {**file_metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
@@ -117,6 +135,33 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
         grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata)
     except LoraFileError as err:
         raise type(err)(f"LoRA '{name}': {err}", path=path) from err
+    return path, name, state_dict, metadata, dialect, grouped
+
+
+def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *, name: str | None = None) -> ShapeFit:
+    """Like :func:`load_lora`, but every module is checked and the misfits are counted, not raised."""
+    path, name, state_dict, _, dialect, grouped = _grouped(source, tree, None, name)
+    misfits = []
+    for params in grouped.modules:
+        try:
+            _patch(params, tree, name, path)
+        except LoraShapeError:
+            info = tree.get(params.target.component, params.target.module)
+            misfits.append(Misfit(f"{params.target.component}.{params.target.module}",
+                                  info.weight_shape if info else (), _shapes_of(params)))
+    return ShapeFit(format=dialect.name, keys=len(state_dict),
+                    named_keys=sum(len(params.source_keys) for params in grouped.modules),
+                    modules=len(grouped.modules), misfits=tuple(misfits), unmatched=tuple(grouped.unmatched))
+
+
+def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
+              metadata: Mapping[str, str] | None = None, name: str | None = None) -> LoadedLora:
+    """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
+
+    ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
+    (default: the file stem).
+    """
+    path, name, state_dict, metadata, dialect, grouped = _grouped(source, tree, metadata, name)
     patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
     if not patches:
         sample = ", ".join(grouped.unmatched[:3])

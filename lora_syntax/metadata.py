@@ -1,9 +1,11 @@
 """What a LoRA file says about itself: architecture, rank/alpha, trainer, trigger words, preview.
 
-Trigger words are gathered in order of trust, first source first, duplicates dropped:
-A1111 sidecar ``NAME.json`` "activation text" > Civitai ``NAME.civitai.info`` ``trainedWords`` >
-``NAME.json`` ``trainedWords`` > ``modelspec.trigger_phrase`` > ``ss_tag_frequency`` (dataset folder
-names without their ``N_`` repeat prefix, then the most frequent caption tags).
+Trigger words come from the first of these sources that has any (:data:`TRIGGER_SOURCES`): the user's
+A1111 "activation text" (``NAME.json``) > the publisher's words: Civitai ``NAME.civitai.info`` ``trainedWords``,
+``NAME.json`` ``trainedWords``, the file's ``modelspec.trigger_phrase`` > kohya dataset folder names from
+``ss_tag_frequency`` (``10_zxc`` -> ``zxc``), except a folder named like the LoRA itself (file name or
+``ss_output_name``) or a bare repeat count: those name the data set, not a word the LoRA learned > none.
+Caption tags in ``ss_tag_frequency`` are *dataset tags* (``LoraInfo.tag_frequency``), never trigger words.
 Sidecars that are not valid JSON are ignored with a warning.
 """
 
@@ -28,7 +30,9 @@ from .errors import LoraFileError
 from .io import SafetensorsHeader, read_header, read_tensors
 
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-TOP_CAPTION_TAGS = 10  # caption tags from ss_tag_frequency offered as trigger words
+TOP_CAPTION_TAGS = 10  # the most frequent dataset tags, where a summary is shown
+TRIGGER_SOURCES = ("activation text", "Civitai trainedWords", "NAME.json trainedWords", "trigger phrase",
+                   "dataset folder name")
 A1111_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 # A1111's "Preferred weight" slider runs from 0 to 2; 0 means "not set" (the weight in the tag is then 1).
 PREFERRED_WEIGHT_RANGE = (0.0, 2.0)
@@ -50,6 +54,7 @@ class LoraInfo:
     trainer: str | None = None
     base_model: str | None = None
     trigger_words: tuple[str, ...] = ()
+    trigger_source: str = ""      # which of TRIGGER_SOURCES the words came from; "" when there are none
     preferred_weight: float | None = None
     negative_text: str = ""
     notes: str = ""
@@ -319,14 +324,22 @@ def _user_texts(user: Mapping[str, Any]) -> dict[str, Any]:
             "preferred_weight": weight if weight else None}  # A1111 stores 0 for "not set"
 
 
+def _plain_name(text: str) -> str:
+    """``My_Style-v2`` and ``my style v2`` compare equal: case, ``_``, ``-`` and spaces ignored."""
+    return re.sub(r"[\s_\-]+", " ", text).strip().casefold()
+
+
 def trigger_words(path: Path, header: SafetensorsHeader, user: Mapping[str, Any],
-                  tag_folders: list[str], tag_counts: Mapping[str, int]) -> tuple[str, ...]:
-    """Every source in order of trust, deduplicated (see the module docstring)."""
+                  tag_folders: list[str]) -> tuple[tuple[str, ...], str]:
+    """(words, source): the words of the first source in :data:`TRIGGER_SOURCES` that has any, deduplicated
+    (see the module docstring); ``((), "")`` when none does."""
     civitai = read_json_sidecar(sidecar(path, ".civitai.info"))
-    words = [*split_words(user.get("activation text")), *split_words(civitai.get("trainedWords")),
-             *split_words(user.get("trainedWords")), *split_words(header.metadata.get("modelspec.trigger_phrase")),
-             *tag_folders, *top_tags(tag_counts)]
-    return dedupe(words)
+    own = {_plain_name(path.stem), _plain_name(str(header.metadata.get("ss_output_name") or ""))}
+    folders = [name for name in tag_folders if _plain_name(name) not in own and not name.strip().isdigit()]
+    found = zip(TRIGGER_SOURCES, (split_words(user.get("activation text")), split_words(civitai.get("trainedWords")),
+                                  split_words(user.get("trainedWords")),
+                                  split_words(header.metadata.get("modelspec.trigger_phrase")), folders))
+    return next(((dedupe(words), source) for source, words in found if words), ((), ""))
 
 
 def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
@@ -338,6 +351,7 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
     user = read_json_sidecar(sidecar(path, ".json"))
     texts = _user_texts(user)
     tag_folders, tag_counts = parse_tag_frequency(header.metadata.get("ss_tag_frequency"))
+    words, source = trigger_words(path, header, user, tag_folders)
     preview = find_preview(path)
     if preview is None and header.metadata.get("modelspec.thumbnail"):
         preview = thumbnail_file(header.metadata["modelspec.thumbnail"], thumbnail_dir)
@@ -347,7 +361,7 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
         path=path, architecture=detect(header, texts["sd_version"]), format=detect_format(header.shapes),
         adapter_types=guess_adapter_types(header.shapes), rank=guess_rank(header.shapes),
         alpha=guess_alpha(path, header), trainer=guess_trainer(header.metadata), base_model=base_model,
-        trigger_words=trigger_words(path, header, user, tag_folders, tag_counts), preview=preview,
+        trigger_words=words, trigger_source=source, preview=preview,
         tag_frequency=tag_counts, metadata=dict(header.metadata), tensor_count=len(header.shapes), **texts)
 
 

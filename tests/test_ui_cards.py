@@ -32,8 +32,18 @@ def test_cards_carry_tag_name_weight_words_and_group(model) -> None:
     ink, water, neon = cards["inkwash"], cards["styles/watercolor"], cards["xl/neon_xl"]
     assert (ink.tag_name, ink.weight, ink.auto_words, ink.group) == ("inkwash", 0.8, ("inkwash",), "")
     assert (water.tag_name, water.group, water.auto_words) == ("styles/watercolor", "styles", ("wcstyle",))
-    assert water.words == ("wcstyle", "flower")  # caption tags are chips in the details, not auto-inserted
+    assert water.words == ("wcstyle",) and water.tags == ("wcstyle", "flower")  # caption tags: dataset tags only
+    assert (ink.words_source, water.words_source) == ("trigger phrase", "dataset folder name")
     assert neon.architecture == "sdxl"
+
+
+def test_details_label_trigger_words_with_their_source_and_caption_tags_as_dataset_tags(model) -> None:
+    card = by_name(model)["styles/watercolor"]
+    panel = render_details(card, model.library.info("styles/watercolor"))
+    trigger, dataset = panel.split("<h4>Trigger words (from dataset folder name)</h4>")[1].split(
+        "<h4>Dataset tags</h4>")
+    assert "wcstyle" in trigger and "flower" not in trigger
+    assert "flower" in dataset and "wcstyle" in dataset
 
 
 def test_every_inserted_name_resolves_back_to_its_file(model) -> None:
