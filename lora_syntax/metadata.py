@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -375,6 +376,39 @@ def _atomic_write(target: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@functools.lru_cache(maxsize=1024)
+def _addnet_hash(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The hash A1111 shows for a LoRA: the file's ``sshs_model_hash`` when it is a well-formed sha256 (kohya
+    writes it), else the sha256 of the tensor data after the safetensors header ("addnet" hash), so editing
+    metadata does not change it. Cached per file size and mtime."""
+    path = Path(path)
+    given = str((metadata or {}).get("sshs_model_hash", "")).strip().lower()
+    if _HEX64.match(given):
+        return given
+    stat = path.stat()
+    return _addnet_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def short_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The first 12 hex digits of :func:`model_hash`: what A1111 writes in ``Lora hashes`` and looks LoRAs up by."""
+    if metadata is None:
+        metadata = read_header(path).metadata
+    return model_hash(path, metadata)[:12]
 
 
 def parse_preferred_weight(value: str | float | int | None) -> float:
