@@ -217,6 +217,21 @@ def test_generate_shows_image_and_plan(page, generation) -> None:
     assert page.locator("#lsx_image img").count() == 1
     assert name in page.locator("#lsx_gen_status").inner_text()
     assert "1-3: 0.8" in page.locator("#lsx_plan").inner_text()
+    # the served image is the PNG with its infotext, and the page shows that text under it
+    shown = page.locator("#lsx_infotext textarea").input_value()
+    assert shown.startswith(f"a photo of a cat <lora:{name}:0.8>\nSteps: 3, Sampler: ") and "Lora hashes: " in shown
+    served = page.evaluate("""async () => {
+        const bytes = new Uint8Array(await (await fetch(document.querySelector('#lsx_image img').src)).arrayBuffer());
+        return Array.from(bytes); }""")
+    from PIL import Image
+    import io
+
+    with Image.open(io.BytesIO(bytes(served))) as image:
+        assert image.format == "PNG" and image.text["parameters"] == shown
+    page.locator("#lsx_steps input[type=number]").fill("500")
+    page.locator("#lsx_generate").click()
+    page.locator("#lsx_gen_status", has_text="Steps must be a whole number from 1 to 150").wait_for(timeout=30_000)
+    page.locator("#lsx_steps input[type=number]").fill("3")
     page.locator(PROMPT).fill("a cat <lora:no such lora:1>")
     page.locator("#lsx_generate").click()
     page.locator("#lsx_gen_status", has_text="No LoRA named 'no such lora'").wait_for(timeout=30_000)
