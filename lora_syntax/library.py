@@ -247,10 +247,11 @@ class LoraLibrary:
         return cached[1]
 
     # -- resolving ----------------------------------------------------------------------------
-    def resolve(self, name: str) -> LoraEntry:
-        """The entry a tag name means; rescans once before giving up, so new files are found."""
+    def resolve(self, name: str, *, rescan: bool = True) -> LoraEntry:
+        """The entry a tag name means; rescans once before giving up, so new files are found
+        (``rescan=False``: only the last scan, for checks made on every keystroke)."""
         wanted = check_name(name)
-        for refresh in (False, True):
+        for refresh in ((False, True) if rescan else (False,)):
             self.entries(refresh=refresh)
             usable, unusable = self._tables
             entry = self._match(name, wanted, usable)

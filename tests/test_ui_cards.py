@@ -147,9 +147,23 @@ def test_plan_view_shows_table_plot_and_error_columns() -> None:
     text, plot = plan_view("cat <lora:ink:0.5@3>", 20)
     assert "3-20: 0.5" in text and plot is not None and plot.size[0] > 100
     bad = "cat <lora:ink:te=0.5:bogus=1>"
-    column = parse(bad, on_error="skip").errors[0].column
     text, _ = plan_view(bad, 20)
-    assert f"column {column}:" in text
+    assert text.count("column 22") == 1 and "\">column" not in text   # the position, said once
+    assert "did you mean" not in text and "expected one of" in text     # 'bogus' is close to no key
+
+
+def test_plan_view_position_on_a_multi_line_prompt_is_the_line_and_column() -> None:
+    text, _ = plan_view("a cat\nin the snow <lora:ink:bogus=1>", 20)
+    assert "at line 2, column 23:" in text and text.count("column") == 1
+    assert html.unescape(text).count("\n  in the snow <lora:ink:bogus=1>\n" + " " * 24 + "^") == 1
+
+
+def test_plan_view_names_unknown_loras_with_the_closest_names(model) -> None:
+    text, _ = plan_view("cat <lora:inkwsh:1> <lora:inkwash:0.5>", 20, library=model.library)
+    assert "No LoRA named &#x27;inkwsh&#x27;" in text and "Closest names: &#x27;inkwash&#x27;" in text
+    assert "no syntax errors" not in text
+    text, _ = plan_view("cat <lora:inkwash:0.5>", 20, library=model.library)
+    assert "1 LoRA tag(s), no syntax errors, every name found" in text
     assert "<lora:" not in plan_view("<lora:<img src=x onerror=alert(1)>:1>", 20)[0].replace("&lt;lora:", "")
 
 

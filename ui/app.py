@@ -236,7 +236,7 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
                 n = check_steps(n)
             except LoraError:
                 n = 20  # the Generate button says what is wrong with the steps; the plan keeps showing
-            return plan_view(text, n, model_arch())
+            return plan_view(text, n, model_arch(), library)
 
         for source in (prompt, steps):
             source.change(update_plan, [prompt, steps], [plan_html, plan_image], show_progress="hidden")
