@@ -248,3 +248,17 @@ def test_refused_format_is_said_once_without_the_metadata_listing(tmp_path: Path
     assert captured.err == "" and captured.out.count("cloneofsimo/lora legacy file") == 1
     assert "metadata:         40 keys (see --json)" in captured.out and "unet:0:rank" not in captured.out
     assert len(captured.out.splitlines()) == 13
+
+
+def test_model_of_another_family_is_refused_by_name(tmp_path: Path) -> None:
+    import shutil
+
+    from lora_syntax import demo
+
+    folder = tmp_path / "xl-model"
+    shutil.copytree(demo.MODEL_DIR, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    result = cli(str(demo_lora()), "--model", str(folder))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert f"sepia.safetensors' is an SD1.5 LoRA; the model in '{folder}' is SDXL." in result.stderr

@@ -88,7 +88,12 @@ def map_keys(path: Path, architecture: str, key_count: int, *, model_dir: Path |
         if model_dir is not None:
             from ..keymaps.build import tree_from_model_dir
 
-            tree = tree_from_model_dir(model_dir, architecture)
+            tree = tree_from_model_dir(model_dir)  # the folder's own family: a LoRA of another is refused by name
+            if tree.architecture != architecture:
+                raise ArchitectureMismatchError(
+                    f"LoRA file '{path}' is {with_article(architecture)} LoRA; the model in '{model_dir}' is "
+                    f"{display(tree.architecture)}. Pass {with_article(architecture)} model with --model, or leave "
+                    "--model out.", path=path, lora_architecture=architecture, model_architecture=tree.architecture)
         else:
             tree = reference_tree(architecture)
     except ImportError as error:
