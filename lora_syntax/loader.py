@@ -19,7 +19,7 @@ from .adapters.base import Adapter
 from .adapters.registry import build_adapter, sliced
 from .errors import ArchitectureMismatchError, LoraFileError, LoraShapeError
 from .formats import pick_dialect
-from .formats.base import ModuleParams
+from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
 from .keymaps.blockids import block_of
 from .keymaps.detect import detect_architecture
@@ -121,8 +121,20 @@ class ShapeFit:
     unmatched: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A file read and its keys grouped per module (what :func:`load_lora` and :func:`shape_fit` share)."""
+
+    path: Path | None
+    name: str
+    keys: int
+    metadata: dict[str, str]
+    format: str
+    grouped: Grouped              # .modules (ModuleParams) and .unmatched keys
+
+
 def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
-             name: str | None) -> tuple[Path | None, str, dict, dict, object, object]:
+             name: str | None) -> _Read:
     """Read, refuse another architecture, pick the key dialect and group the keys per module."""
     path, state_dict, file_metadata = _read(source)
     metadata = {**file_metadata, **dict(metadata or {})}
@@ -135,23 +147,23 @@ def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, m
         grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata)
     except LoraFileError as err:
         raise type(err)(f"LoRA '{name}': {err}", path=path) from err
-    return path, name, state_dict, metadata, dialect, grouped
+    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped)
 
 
 def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *, name: str | None = None) -> ShapeFit:
     """Like :func:`load_lora`, but every module is checked and the misfits are counted, not raised."""
-    path, name, state_dict, _, dialect, grouped = _grouped(source, tree, None, name)
+    read = _grouped(source, tree, None, name)
     misfits = []
-    for params in grouped.modules:
+    for params in read.grouped.modules:
         try:
-            _patch(params, tree, name, path)
+            _patch(params, tree, read.name, read.path)
         except LoraShapeError:
             info = tree.get(params.target.component, params.target.module)
             misfits.append(Misfit(f"{params.target.component}.{params.target.module}",
                                   info.weight_shape if info else (), _shapes_of(params)))
-    return ShapeFit(format=dialect.name, keys=len(state_dict),
-                    named_keys=sum(len(params.source_keys) for params in grouped.modules),
-                    modules=len(grouped.modules), misfits=tuple(misfits), unmatched=tuple(grouped.unmatched))
+    modules = read.grouped.modules
+    return ShapeFit(format=read.format, keys=read.keys, named_keys=sum(len(p.source_keys) for p in modules),
+                    modules=len(modules), misfits=tuple(misfits), unmatched=tuple(read.grouped.unmatched))
 
 
 def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
@@ -161,12 +173,13 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
     ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
     (default: the file stem).
     """
-    path, name, state_dict, metadata, dialect, grouped = _grouped(source, tree, metadata, name)
+    read = _grouped(source, tree, metadata, name)
+    path, name, grouped = read.path, read.name, read.grouped
     patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
     if not patches:
         sample = ", ".join(grouped.unmatched[:3])
-        raise LoraFileError(f"LoRA '{name}' ({dialect.name} keys): none of its {len(state_dict)} keys maps onto "
+        raise LoraFileError(f"LoRA '{name}' ({read.format} keys): none of its {read.keys} keys maps onto "
                             f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
                             "it was made for another model.", path=path)
-    return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=dialect.name,
-                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=metadata)
+    return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=read.format,
+                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=read.metadata)
