@@ -158,7 +158,9 @@ def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir)
     panel.locator("text=kohya-ss/sd-scripts").wait_for()
     assert "mountain 7" in panel.inner_text().replace("\n", " ")
     page.locator(PROMPT).focus()
-    panel.locator(".lsx-chip:not(.lsx-tag)", has_text="mountain").click()
+    # trigger words (its trigger phrase) and dataset tags are separate chips
+    assert panel.locator(".lsx-chip:not(.lsx-tag)").all_inner_texts() == ["inkwash"]
+    panel.locator(".lsx-chip.lsx-tag", has_text="mountain").click()
     assert page.input_value(PROMPT) == "mountain"
     weight = page.locator("#lsx_weight textarea, #lsx_weight input")
     assert float(weight.input_value()) == 0.8
