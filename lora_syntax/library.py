@@ -329,12 +329,13 @@ class LoraLibrary:
         return cached[1]
 
     # -- resolving ----------------------------------------------------------------------------
-    def resolve(self, name: str) -> LoraEntry:
+    def resolve(self, name: str, *, rescan: bool = True) -> LoraEntry:
         """The entry a tag name means. Rescans once before giving up (new or renamed files are found), and
-        when the file found changed on disk since the scan (its name or alias may mean another file now)."""
+        when the file found changed on disk since the scan (its name or alias may mean another file now);
+        ``rescan=False``: only the last scan, for checks made on every keystroke."""
         wanted = check_name(name)
         spellings = dict.fromkeys((wanted, check_name(name, literal_backslash=True)))  # "a\\b": a/b, then a\\b
-        for refresh in (False, True):
+        for refresh in ((False, True) if rescan else (False,)):
             self.entries(refresh=refresh)
             usable, unusable = self._tables
             for spelling in spellings:

@@ -1,9 +1,11 @@
 """What a LoRA file says about itself: architecture, rank/alpha, trainer, trigger words, preview.
 
-Trigger words are gathered in order of trust, first source first, duplicates dropped:
-A1111 sidecar ``NAME.json`` "activation text" > Civitai ``NAME.civitai.info`` ``trainedWords`` >
-``NAME.json`` ``trainedWords`` > ``modelspec.trigger_phrase`` > ``ss_tag_frequency`` (dataset folder
-names without their ``N_`` repeat prefix, then the most frequent caption tags).
+Trigger words come from the first of these sources that has any (:data:`TRIGGER_SOURCES`): the user's
+A1111 "activation text" (``NAME.json``) > the publisher's words: Civitai ``NAME.civitai.info`` ``trainedWords``,
+``NAME.json`` ``trainedWords``, the file's ``modelspec.trigger_phrase`` > kohya dataset folder names from
+``ss_tag_frequency`` (``10_zxc`` -> ``zxc``), except a folder named like the LoRA itself (file name or
+``ss_output_name``) or a bare repeat count: those name the data set, not a word the LoRA learned > none.
+Caption tags in ``ss_tag_frequency`` are *dataset tags* (``LoraInfo.tag_frequency``), never trigger words.
 Sidecars that are not valid JSON are ignored with a warning.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -27,9 +31,13 @@ from .errors import LoraFileError
 from .io import INVALID, Roots, SafetensorsHeader, is_inside, parse_json, read_header, read_tensors
 
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-TOP_CAPTION_TAGS = 10  # caption tags from ss_tag_frequency offered as trigger words
+TOP_CAPTION_TAGS = 10  # the most frequent dataset tags, where a summary is shown
+TRIGGER_SOURCES = ("activation text", "Civitai trainedWords", "NAME.json trainedWords", "trigger phrase",
+                   "dataset folder name")
 A1111_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
 _SHORT_TEXT = 80   # characters of an unreadable metadata value shown as is
+# A1111's "Preferred weight" slider runs from 0 to 2; 0 means "not set" (the weight in the tag is then 1).
+PREFERRED_WEIGHT_RANGE = (0.0, 2.0)
 _REPEAT_PREFIX = re.compile(r"^\d+_")
 _ARCH_HINTS = (("flux", "flux"), ("xl", "sdxl"), ("sd_v2", "sd2"), ("v2", "sd2"), ("sd2", "sd2"),
                ("sd_v1", "sd15"), ("v1", "sd15"), ("sd1", "sd15"))
@@ -48,6 +56,7 @@ class LoraInfo:
     trainer: str | None = None
     base_model: str | None = None
     trigger_words: tuple[str, ...] = ()
+    trigger_source: str = ""      # which of TRIGGER_SOURCES the words came from; "" when there are none
     preferred_weight: float | None = None
     negative_text: str = ""
     notes: str = ""
@@ -321,14 +330,22 @@ def _user_texts(user: Mapping[str, Any]) -> dict[str, Any]:
             "preferred_weight": weight if weight else None}  # A1111 stores 0 for "not set"
 
 
+def _plain_name(text: str) -> str:
+    """``My_Style-v2`` and ``my style v2`` compare equal: case, ``_``, ``-`` and spaces ignored."""
+    return re.sub(r"[\s_\-]+", " ", text).strip().casefold()
+
+
 def trigger_words(path: Path, header: SafetensorsHeader, user: Mapping[str, Any],
-                  tag_folders: list[str], tag_counts: Mapping[str, int], roots: Roots = None) -> tuple[str, ...]:
-    """Every source in order of trust, deduplicated (see the module docstring)."""
+                  tag_folders: list[str], roots: Roots = None) -> tuple[tuple[str, ...], str]:
+    """(words, source): the words of the first source in :data:`TRIGGER_SOURCES` that has any, deduplicated
+    (see the module docstring); ``((), "")`` when none does."""
     civitai = read_json_sidecar(sidecar(path, ".civitai.info"), roots)
-    words = [*split_words(user.get("activation text")), *split_words(civitai.get("trainedWords")),
-             *split_words(user.get("trainedWords")), *split_words(header.metadata.get("modelspec.trigger_phrase")),
-             *tag_folders, *top_tags(tag_counts)]
-    return dedupe(words)
+    own = {_plain_name(path.stem), _plain_name(str(header.metadata.get("ss_output_name") or ""))}
+    folders = [name for name in tag_folders if _plain_name(name) not in own and not name.strip().isdigit()]
+    found = zip(TRIGGER_SOURCES, (split_words(user.get("activation text")), split_words(civitai.get("trainedWords")),
+                                  split_words(user.get("trainedWords")),
+                                  split_words(header.metadata.get("modelspec.trigger_phrase")), folders))
+    return next(((dedupe(words), source) for source, words in found if words), ((), ""))
 
 
 def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
@@ -341,6 +358,7 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
     user = read_json_sidecar(sidecar(path, ".json"), roots)
     texts = _user_texts(user)
     tag_folders, tag_counts = parse_tag_frequency(header.metadata.get("ss_tag_frequency"), f"'{path}'")
+    words, source = trigger_words(path, header, user, tag_folders, roots)
     preview = find_preview(path, roots)
     if preview is None and header.metadata.get("modelspec.thumbnail"):
         preview = thumbnail_file(header.metadata["modelspec.thumbnail"], thumbnail_dir)
@@ -350,8 +368,7 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
         path=path, architecture=detect(header, texts["sd_version"]), format=detect_format(header.shapes),
         adapter_types=guess_adapter_types(header.shapes), rank=guess_rank(header.shapes),
         alpha=guess_alpha(path, header, roots), trainer=guess_trainer(header.metadata, f"'{path}'"),
-        base_model=base_model, preview=preview,
-        trigger_words=trigger_words(path, header, user, tag_folders, tag_counts, roots),
+        base_model=base_model, trigger_words=words, trigger_source=source, preview=preview,
         tag_frequency=tag_counts, metadata=dict(header.metadata), tensor_count=len(header.shapes), **texts)
 
 
@@ -367,6 +384,54 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@functools.lru_cache(maxsize=1024)
+def _addnet_hash(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The hash A1111 shows for a LoRA: the file's ``sshs_model_hash`` when it is a well-formed sha256 (kohya
+    writes it), else the sha256 of the tensor data after the safetensors header ("addnet" hash), so editing
+    metadata does not change it. Cached per file size and mtime."""
+    path = Path(path)
+    given = str((metadata or {}).get("sshs_model_hash", "")).strip().lower()
+    if _HEX64.match(given):
+        return given
+    stat = path.stat()
+    return _addnet_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def short_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The first 12 hex digits of :func:`model_hash`: what A1111 writes in ``Lora hashes`` and looks LoRAs up by."""
+    if metadata is None:
+        metadata = read_header(path).metadata
+    return model_hash(path, metadata)[:12]
+
+
+def parse_preferred_weight(value: str | float | int | None) -> float:
+    """A preferred weight typed by a user, checked: a finite number in :data:`PREFERRED_WEIGHT_RANGE`
+    (empty = 0 = unset). Raises :class:`ValueError` with a message for the user otherwise."""
+    low, high = PREFERRED_WEIGHT_RANGE
+    text = "" if value is None else str(value).strip()
+    try:
+        weight = float(text) if text else 0.0
+    except ValueError:
+        weight = math.nan
+    if isinstance(value, bool) or not (math.isfinite(weight) and low <= weight <= high):
+        raise ValueError(f"preferred weight must be a number from {low:g} to {high:g} (0 or empty = not set, "
+                         f"as in A1111), not {text!r}; nothing was saved.")
+    return weight
+
+
 def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = None,
                        preferred_weight: float | None = None, negative_text: str | None = None,
                        notes: str | None = None, description: str | None = None,
@@ -374,6 +439,8 @@ def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = N
     """Create or update the A1111 sidecar ``NAME.json``; arguments left ``None`` keep their stored value,
     and keys this function does not know are kept. Returns the sidecar's path."""
     lora_path = Path(lora_path)
+    if preferred_weight is not None:
+        preferred_weight = parse_preferred_weight(preferred_weight)
     target = sidecar(lora_path, ".json")
     data: dict[str, Any] = {}
     if target.exists():

@@ -39,9 +39,12 @@ class TagProblem(Exception):
         self.kind = kind  # "unknown key", "duplicate key", "empty name", "bad number", "bad schedule"...
 
 
+SUGGEST_CUTOFF = 0.6  # difflib ratio: 'tee'->'te' 0.8, 'info'->'in' 0.67; 'bogus'->'out' (0.5) is no suggestion
+
+
 def _did_you_mean(word: str, options: tuple[str, ...]) -> str:
     lowered = {option.lower(): option for option in options}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=SUGGEST_CUTOFF)
     listed = ", ".join(options)
     return f" (did you mean '{lowered[close[0]]}'?)" if close else f"; expected one of: {listed}"
 
