@@ -45,7 +45,7 @@ def test_png_carries_the_same_infotext_as_generate(generator) -> None:
     assert lines[:2] == ["a blue circle <lora:sepia:0.5>", "Negative prompt: blurry"]
     assert lines[2].startswith("Steps: 2, Sampler: DDIM, CFG scale: 7, Seed: 3, Size: 32x32, Model: model, ")
     assert f"Lora hashes: \"sepia: {short_hash(demo.LORA_DIR / 'sepia.safetensors')}\"" in lines[2]
-    assert "sepia: te 0.5, unet 0.5" in lines[2]
+    assert 'LoRA weights: "<lora:sepia:te=0.5:unet=0.5>"' in lines[2]
 
 
 def test_malformed_tag_is_skipped_the_rest_applied_and_the_caret_kept(generator) -> None:
@@ -57,7 +57,7 @@ def test_malformed_tag_is_skipped_the_rest_applied_and_the_caret_kept(generator)
     assert "LoRAs: sepia" in status and "night" not in status.split("**Skipped")[0]
     assert status.endswith(f"**Skipped 1 malformed tag** (the other tags were applied):\n```text\n{error}\n```")
     assert "\n" in str(error) and "^" in str(error)     # the caret line, on its own line in the code block
-    assert "sepia: te 1, unet 1" in text and "night:" not in text.splitlines()[-1]
+    assert 'LoRA weights: "<lora:sepia:te=1:unet=1>"' in text and "night" not in text.splitlines()[-1]
 
 
 def test_skipped_tags_markdown_for_several_errors() -> None:
