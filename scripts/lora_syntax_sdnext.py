@@ -82,9 +82,7 @@ class Glue:
                 return
             self.finish(p)
             self.key = (id(p), text)
-            builtin = _builtin()
-            if builtin is not None:
-                builtin.activate(p, [])     # the built-in drops (unfuses) what an earlier generation left
+            _release_builtin(p)
             self.record = webui.RunRecord(prompt=text, status="running")
             self._strip_negative(p)
             if not text:
@@ -165,6 +163,21 @@ def _builtin() -> Any:
     except ImportError:
         return None
     return getattr(lora_common, "extra_network_lora", None)
+
+
+def _release_builtin(p: Any) -> None:
+    """Let the built-in drop (unfuse) what an earlier generation of its own left in the model.
+
+    Called the way ``extra_networks.activate_filtered`` calls it, with no tags: the built-in keys its state by
+    that text-encoder filter and would see nothing to change under another."""
+    builtin = _builtin()
+    if builtin is None:
+        return
+    apply_te = getattr(p, "lora_apply_te", None)
+    if apply_te is None:
+        apply_te = shared.opts.lora_apply_te
+    builtin.activate(p, [], include=[], exclude=[] if apply_te else ["text_encoder", "text_encoder_2",
+                                                                      "text_encoder_3"])
 
 
 def _wrap_callback(p: Any, sdrun: Any) -> None:

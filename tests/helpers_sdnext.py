@@ -127,12 +127,16 @@ class SdnextServer:
         images = [np.asarray(_png(b64)) for b64 in answer["images"]]
         return Generation(images, json.loads(answer["info"]))
 
-    def txt2img_interrupted(self, prompt: str, after: float, **overrides: Any) -> Generation:
-        """A generation interrupted through ``/sdapi/v1/interrupt`` once it has run ``after`` seconds."""
+    def txt2img_interrupted(self, prompt: str, after_step: int, **overrides: Any) -> Generation:
+        """A generation interrupted through ``/sdapi/v1/interrupt`` once SD.Next reports ``after_step`` steps."""
         result: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: result.setdefault("g", self.txt2img(prompt, **overrides)))
         worker.start()
-        time.sleep(after)
+        deadline = time.monotonic() + 120
+        while worker.is_alive() and time.monotonic() < deadline:
+            if self.call("GET", "/sdapi/v1/progress")["state"].get("sampling_step", 0) >= after_step:
+                break
+            time.sleep(0.05)
         self.call("POST", "/sdapi/v1/interrupt")
         worker.join(120)
         return result.get("g")
