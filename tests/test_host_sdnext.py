@@ -7,6 +7,10 @@ well above rounding where something should.
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -77,6 +81,25 @@ def test_a_te_schedule_changes_the_image_only_through_the_text_encoder(server, b
     assert differ(scheduled, te_only) > VISIBLE and differ(scheduled, base) > VISIBLE
 
 
+def test_a_hires_pass_counts_its_own_steps(server):
+    server.txt2img(f"{PROMPT} <lora:sepia:1@1,0@5>", enable_hr=True, hr_force=True, hr_upscaler="Latent",
+                   hr_second_pass_steps=4, denoising_strength=0.5)
+    run = server.last_run()
+    assert run["passes"] == [8, 4]
+    # step 5 of the base pass, then the step-1 weights back for the hires pass (whose own step 5 never comes)
+    assert [(c["step"], c["modules"]) for c in run["engine"]["change_points"]] == [(5, 40), (1, 40)]
+
+
+def test_img2img_plans_the_steps_it_samples(server, base):
+    init = base64.b64encode(_png_bytes(base)).decode()
+    answer = server.call("POST", "/sdapi/v1/img2img", {**_args(), "prompt": f"{PROMPT} <lora:sepia:1@1,0@3>",
+                                                       "init_images": [init], "denoising_strength": 0.5})
+    run = server.last_run()
+    assert run["passes"] == [8]        # SD.Next asks for steps / strength + 1 so that `steps` are sampled
+    assert [(c["step"], c["modules"]) for c in run["engine"]["change_points"]] == [(3, 40)]
+    assert "LoRA weights: " in json.loads(answer["info"])["infotexts"][0]
+
+
 def test_in_zero_and_lbw_change_what_they_should(server, base, sepia):
     no_in = server.txt2img(f"{PROMPT} <lora:sepia:1:in=0>").images[0]
     assert server.last_run()["engine"]["applied_modules"] < 40
@@ -142,6 +165,13 @@ def test_z_setting_off_gives_the_tags_back_to_the_builtin(server, base, sepia):
     assert differ(ours, sepia.images[0]) < 0.5   # the built-in's unfuse is not bit-exact; ours is from then on
     after = server.txt2img(f"{PROMPT} <lora:sepia:1>").images[0]
     assert np.array_equal(after, ours)
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def _args():
