@@ -117,7 +117,26 @@ class Glue:
         session = session_for(shared.sd_model, library=library)
         if session.active is not None:   # a generation that never reached its end (should not happen)
             session.active.end()
-        run = session.start(ParsedPrompt(parsed.prompt, tuple(tags), (), parsed.source), int(p.steps))
+        steps = int(p.steps)
+
+        def stack(chosen: list) -> ParsedPrompt:
+            return ParsedPrompt(parsed.prompt, tuple(chosen), (), parsed.source)
+
+        try:
+            run = session.start(stack(tags), steps)
+        except LoraError:   # find the tags that fail (wrong architecture, unreadable file) and go on without
+            good = []
+            for tag in tags:
+                try:
+                    session.start(stack([tag]), steps).end()
+                except LoraError as error:
+                    self.report(p, f"{tag.text}: {error}")
+                else:
+                    good.append(tag)
+            if not good:
+                self.record.status = "failed"
+                return
+            run = session.start(stack(good), steps)
         passes = 1 + int(bool(getattr(p, "enable_hr", False)))
         self.sdrun = SdnextRun(run, _make_encoder(p), expected_passes=passes)
         _wrap_callback(p, self.sdrun)
