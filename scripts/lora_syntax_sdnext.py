@@ -203,11 +203,13 @@ def _wrap_callback(p: Any, sdrun: Any) -> None:
     """Ours runs after SD.Next's callback (or whatever another extension put in ``p.task_args``)."""
     from modules.processing_callbacks import diffusers_callback
     previous = p.task_args.get("callback_on_step_end") or diffusers_callback
+    previous = getattr(previous, "lora_syntax_previous", previous)   # ours from an earlier batch of this p
 
     def callback(pipe: Any, step: int = 0, timestep: Any = 0, kwargs: dict | None = None) -> dict:
         kwargs = previous(pipe, step, timestep, kwargs if kwargs is not None else {})
         return sdrun.on_step_end(pipe, step, kwargs)
 
+    callback.lora_syntax_previous = previous
     p.task_args["callback_on_step_end"] = callback
 
 
