@@ -8,8 +8,12 @@ steps gives the same plan (tests/test_reliability.py checks that round trip over
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from .plan import COMPONENTS, LoraPlan
 from .syntax.format import format_number, format_tag_parts
+from .syntax.parser import parse
 
 
 def applied_tag(lora: LoraPlan) -> str:
@@ -31,3 +35,23 @@ def _steps_text(vector: tuple[float, ...]) -> str:
     if vector.count(vector[0]) == len(vector):
         return format_number(vector[0])
     return ",".join(f"{format_number(v)}@{i}" for i, v in enumerate(vector, start=1) if i == 1 or v != vector[i - 2])
+
+
+def lora_summary(plan: Any) -> str:
+    """The ``LoRA weights`` value: ``<lora:ink:te=1:unet=1@1,0.25@3:in=0> <lora:oil:...>``, each LoRA's applied
+    weights as a tag that plans back to them (see :func:`applied_tag`)."""
+    return " ".join(applied_tag(lora) for lora in plan.loras)
+
+
+def paste_tags(prompt: str, value: str) -> str:
+    """``prompt`` with the tags of a pasted ``LoRA weights`` value (JSON-quoted or not) appended for every LoRA
+    the prompt does not name yet: pasting an image's text back reproduces its stack."""
+    text = value.strip()
+    if text.startswith('"'):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError:
+            text = text.strip('"')
+    present = {tag.name for tag in parse(prompt, on_error="skip").tags}
+    missing = [tag.text for tag in parse(text, on_error="skip").tags if tag.name not in present]
+    return ", ".join(part for part in (prompt.rstrip(", "), " ".join(missing)) if part)

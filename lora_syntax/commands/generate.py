@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoraError
+from ..infotext import lora_summary  # one formula, shared with the web UIs
 
 HELP = "Generate an image from a prompt with <lora:...> tags (diffusers folder or single-file model, offline)."
 DEFAULT_OUT = Path("lora-syntax.png")
@@ -106,13 +107,6 @@ def describe(vector: tuple[float, ...]) -> str:
     parts = [f"{v:g}@{i}" for i, v in enumerate(vector, start=1) if i == 1 or v != vector[i - 2]]
     return f"{vector[0]:g}" if len(parts) == 1 else ",".join(parts)
 
-
-def lora_summary(plan: Any) -> str:
-    """``<lora:ink:te=1:unet=1@1,0.25@3:in=0> <lora:oil:...>``: each LoRA's applied weights as a tag that plans
-    back to them (group weights, lbw, dyn and module included; see :func:`lora_syntax.infotext.applied_tag`)."""
-    from ..infotext import applied_tag
-
-    return " ".join(applied_tag(lora) for lora in plan.loras)
 
 
 # diffusers scheduler class -> the sampler name A1111/Forge write in infotext (and read back).
