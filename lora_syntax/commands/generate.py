@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoraError
+from ..hosts.webui import describe, lora_summary  # noqa: F401  (one formula, shared with the web UIs)
 
 HELP = "Generate an image from a prompt with <lora:...> tags (diffusers folder or single-file model, offline)."
 DEFAULT_OUT = Path("lora-syntax.png")
@@ -98,21 +99,6 @@ def _single_file(path: Path, config: str | Path | None) -> Any:
     except (OSError, ValueError, EnvironmentError) as err:
         raise LoraError(f"--model {path}: loading a single-file checkpoint offline needs the model's configs; "
                         f"pass --config DIR (a local diffusers folder of the same architecture). ({err})") from err
-
-
-def describe(vector: tuple[float, ...]) -> str:
-    """``0.8`` for a constant weight, ``1@1,0.25@3`` for a schedule (value@first step)."""
-    parts = [f"{v:g}@{i}" for i, v in enumerate(vector, start=1) if i == 1 or v != vector[i - 2]]
-    return f"{vector[0]:g}" if len(parts) == 1 else ",".join(parts)
-
-
-def lora_summary(plan: Any) -> str:
-    """``ink: te 1, unet 1@1,0.25@3; oil: ...`` (denoiser weights before block multipliers)."""
-    items = []
-    for lora in plan.loras:
-        te, unet = lora.weights("text_encoder", None), lora.weights("unet", None)
-        items.append(f"{lora.name}: te {describe(te)}, unet {describe(unet)}")
-    return "; ".join(items)
 
 
 def infotext(args: argparse.Namespace, pipe: Any, run: Any, size: tuple[int, int], model: str) -> str:

@@ -1,0 +1,183 @@
+"""Conventions every web-UI host shares (SD.Next, A1111, Forge), with no host code imported.
+
+The host glue (``scripts/``) translates the host's objects into these plain values:
+
+- the setting that hands ``<lora:…>`` tags to lora-syntax (off: the host's built-in LoRA handler);
+- the ``LoRA weights`` infotext field, written as ``extension.py generate`` writes it, and its paste-back;
+- tags in the negative prompt: removed (a LoRA cannot apply to one half of the guidance), with a warning;
+- the JSON of our API routes: the LoRA library and the last generation's plan and engine report;
+- the LoRA folders named by the host's command-line options.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..syntax import parse
+
+SETTING_KEY = "lora_syntax_enabled"
+SETTING_LABEL = ("Apply <lora:…> / <lyco:…> tags with lora-syntax (per-step weights, lbw, exact restore); "
+                 "off: the built-in LoRA handler")
+SETTING_SECTION = ("lora_syntax", "LoRA syntax")
+INFOTEXT_FIELD = "LoRA weights"
+TAG_KINDS = ("lora", "lyco")
+ROUTE_PREFIX = "/lora-syntax/v1"
+NEGATIVE_WARNING = ("LoRA tags in the negative prompt are not applied (a LoRA changes the model for both halves "
+                    "of the guidance); removed: {tags}. Put them in the prompt.")
+
+
+# -- infotext ------------------------------------------------------------------------------------
+def describe(vector: Sequence[float]) -> str:
+    """``0.8`` for a constant weight, ``1@1,0.25@3`` for a schedule (value@first step of each change)."""
+    parts = [f"{v:g}@{i}" for i, v in enumerate(vector, start=1) if i == 1 or v != vector[i - 2]]
+    return f"{vector[0]:g}" if len(parts) == 1 else ",".join(parts)
+
+
+def lora_summary(plan: Any) -> str:
+    """``ink: te 1, unet 1@1,0.25@3; oil: ...`` (denoiser weights before block multipliers)."""
+    items = []
+    for lora in plan.loras:
+        te, unet = lora.weights("text_encoder", None), lora.weights("unet", None)
+        items.append(f"{lora.name}: te {describe(te)}, unet {describe(unet)}")
+    return "; ".join(items)
+
+
+def infotext_fields(plan: Any) -> dict[str, str]:
+    """The fields we add to a generation's infotext: ``{"LoRA weights": "<json string>"}`` or nothing."""
+    return {INFOTEXT_FIELD: json.dumps(lora_summary(plan))} if plan is not None and plan.loras else {}
+
+
+_SUMMARY_ITEM = re.compile(r"^\s*(?P<name>[^:;<>]+?)\s*:\s*te\s+(?P<te>[^,]+(?:,[^,]+@\d+)*)\s*,"
+                           r"\s*unet\s+(?P<unet>.+?)\s*$")
+
+
+@dataclass(frozen=True)
+class SummaryItem:
+    """One LoRA of a ``LoRA weights`` field: its name and its text-encoder / denoiser schedules as written."""
+
+    name: str
+    te: str
+    unet: str
+
+    def tag(self) -> str:
+        """A tag reproducing these weights (block multipliers are not in the summary)."""
+        if self.te == self.unet:
+            return f"<lora:{self.name}:{self.unet}>"
+        return f"<lora:{self.name}:unet={self.unet}:te={self.te}>"
+
+
+def parse_summary(value: str) -> list[SummaryItem]:
+    """The items of a ``LoRA weights`` field (quoted as JSON or not); items that do not read are skipped."""
+    text = value.strip()
+    if text.startswith('"'):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError:
+            text = text.strip('"')
+    items = []
+    for part in text.split(";"):
+        match = _SUMMARY_ITEM.match(part)
+        if match:
+            items.append(SummaryItem(match["name"], match["te"].strip(), match["unet"].strip()))
+    return items
+
+
+def paste_tags(prompt: str, value: str) -> str:
+    """``prompt`` with a tag appended for every LoRA of a pasted ``LoRA weights`` field it does not name yet."""
+    present = {tag.name for tag in parse(prompt, on_error="skip").tags}
+    missing = [item.tag() for item in parse_summary(value) if item.name not in present]
+    return ", ".join(part for part in (prompt.rstrip(", "), " ".join(missing)) if part)
+
+
+# -- prompts -------------------------------------------------------------------------------------
+def strip_negative(negative: str) -> tuple[str, str | None]:
+    """The negative prompt without LoRA tags, and the warning to show when there were any."""
+    parsed = parse(negative or "", on_error="skip")
+    removed = [tag.text for tag in parsed.tags] + [str(error.tag) for error in parsed.errors]
+    if not removed:
+        return negative, None
+    return parsed.prompt, NEGATIVE_WARNING.format(tags=", ".join(removed))
+
+
+def error_messages(prompt: str) -> list[str]:
+    """One line per malformed tag of ``prompt`` (the good tags still apply)."""
+    return [f"LoRA tag error: {error}" for error in parse(prompt or "", on_error="skip").errors]
+
+
+# -- API payloads --------------------------------------------------------------------------------
+def library_payload(library: Any, architecture: str | None = None) -> list[dict[str, Any]]:
+    """Our ``/loras`` route: every file of the library with its architecture and trigger words."""
+    out = []
+    for entry in library.entries():
+        item: dict[str, Any] = {"name": entry.name, "path": str(entry.path), "aliases": list(entry.aliases),
+                                "size": entry.size, "architecture": None, "trigger_words": [],
+                                "preferred_weight": None, "compatible": None, "error": entry.refused}
+        if not entry.refused:
+            try:
+                info = library.info(entry)
+            except Exception as error:  # an unreadable file is listed with its reason, never breaks the list
+                item["error"] = str(error)
+            else:
+                item.update(architecture=info.architecture, trigger_words=list(info.trigger_words),
+                            preferred_weight=info.preferred_weight, format=info.format,
+                            description=info.description)
+                if architecture and info.architecture:
+                    item["compatible"] = info.architecture == architecture
+        out.append(item)
+    return out
+
+
+@dataclass
+class RunRecord:
+    """What our ``/last-run`` route reports about the last generation (filled in by the host glue)."""
+
+    prompt: str = ""
+    steps: list[int] = field(default_factory=list)          # step count of each pass
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    change_points: list[int] = field(default_factory=list)
+    engine: dict[str, Any] = field(default_factory=dict)    # RunTimings.as_dict()
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    status: str = "none"                                    # running, done, interrupted, failed, off
+    started: float = field(default_factory=time.time)
+
+
+def plan_payload(plan: Any) -> list[dict[str, Any]]:
+    """Per LoRA: name, text-encoder and denoiser weights per step, change points."""
+    return [{"name": lora.name, "te": list(lora.weights("text_encoder", None)),
+             "unet": list(lora.weights("unet", None)), "change_points": list(lora.change_points)}
+            for lora in plan.loras]
+
+
+def last_run_payload(record: RunRecord | None) -> dict[str, Any]:
+    """Our ``/last-run`` route's answer (``{"status": "none"}`` before the first generation)."""
+    if record is None:
+        return {"status": "none"}
+    return {"status": record.status, "prompt": record.prompt, "passes": record.steps, "plan": record.plan,
+            "change_points": record.change_points, "engine": record.engine, "warnings": record.warnings,
+            "errors": record.errors, "started": record.started}
+
+
+# -- host folders --------------------------------------------------------------------------------
+def lora_folders(options: Any, models_path: str | Path | None = None) -> list[Path]:
+    """The host's LoRA (and LyCORIS) folders: ``--lora-dir``/``--lyco-dir``, else ``MODELS/Lora``."""
+    names = ("lora_dir", "lyco_dir", "lyco_dir_backcompat")
+    found = [Path(value) for value in (getattr(options, key, None) for key in names) if value]
+    if not found and models_path:
+        found.append(Path(models_path) / "Lora")
+    return list(dict.fromkeys(found))
+
+
+def tag_names(prompts: Iterable[str]) -> list[str]:
+    """The LoRA names tagged in ``prompts`` (first seen first)."""
+    names: dict[str, None] = {}
+    for prompt in prompts:
+        for tag in parse(prompt or "", on_error="skip").tags:
+            names.setdefault(tag.name)
+    return list(names)
