@@ -237,6 +237,11 @@ class Glue:
             if self.hook is None:
                 return
             d = params.denoiser
+            if not self.run.active:      # a checkpoint load restored the weights mid-run (state-dict guard)
+                self.report(getattr(d, "p", None), "the model's weights were reloaded during this generation; "
+                            "its LoRA tags are not applied to the remaining steps.")
+                self.finish("failed")
+                return
             try:
                 swap = self.hook.before_call(d, d.step, d.steps, d.total_steps)
             except LoraError as err:
