@@ -153,12 +153,20 @@ class Glue:
     def builtin_has_nothing(self) -> None:
         """Make the built-in drop whatever it applied, so its restore never runs over our weights."""
         networks = sys.modules.get("networks")
-        if networks is not None and hasattr(networks, "load_networks"):
-            networks.load_networks([], [], [], [])
-            for module in getattr(shared.sd_model, "modules", lambda: [])():    # A1111: restore its backups now
-                if getattr(module, "network_current_names", ()):
-                    networks.network_restore_weights_from_backup(module)
-                    module.network_current_names = ()
+        if networks is None or not hasattr(networks, "load_networks"):
+            return
+        networks.load_networks([], [], [], [])
+        model = shared.sd_model
+        original = getattr(model, "forge_objects_original", None)
+        if original is not None:     # Forge: its LoraLoader puts its backup Parameters back now, not mid-run
+            for patcher in (original.unet, getattr(original.clip, "patcher", None)):
+                if hasattr(patcher, "refresh_loras"):
+                    patcher.refresh_loras()
+            return
+        for module in getattr(model, "modules", lambda: [])():    # A1111: restore its backups now
+            if getattr(module, "network_current_names", ()):
+                networks.network_restore_weights_from_backup(module)
+                module.network_current_names = ()
 
     # -- generation -----------------------------------------------------------------------------
     def activate(self, p: Any, params_list: list[Any]) -> None:
@@ -214,7 +222,8 @@ class Glue:
         self.record.steps = [steps]
         self.record.plan = webui.plan_payload(run.plan)
         self.record.change_points = list(run.change_points)
-        p.extra_generation_params.update(webui.infotext_fields(run.plan))
+        if run.plan.loras:   # the host quotes infotext values itself (webui.infotext_fields is pre-quoted JSON)
+            p.extra_generation_params[webui.INFOTEXT_FIELD] = webui.lora_summary(run.plan)
         self.lora_hashes(p, [lora.name for lora in run.plan.loras])
 
     def lora_hashes(self, p: Any, names: list[str]) -> None:
@@ -340,7 +349,15 @@ def install() -> Glue:
     processing.process_images_inner = process_images_inner
     script_callbacks.on_cfg_denoiser(glue.denoiser)
     script_callbacks.on_model_loaded(lambda _model: glue.finish("done"))
+    script_callbacks.on_infotext_pasted(infotext_pasted)
     return glue
+
+
+def infotext_pasted(_infotext: str, params: dict[str, Any]) -> None:
+    """Paste-back: an image's ``LoRA weights`` field puts back the tags its prompt no longer has."""
+    value = params.get(webui.INFOTEXT_FIELD)
+    if value:
+        params["Prompt"] = webui.paste_tags(params.get("Prompt", ""), value)
 
 
 def last_run() -> dict[str, Any]:

@@ -355,6 +355,18 @@ def main(out: str) -> None:
     GLUE.register()
     results.append({"name": "setting-on", "registry": type(extra_networks.extra_network_registry.get("lora")).__name__})
 
+    # 10. paste-back: the host's infotext parser and callbacks put our tags back into a prompt without them
+    from modules import infotext_utils, script_callbacks
+    text = 'a cat\nSteps: 6, Sampler: Euler, LoRA weights: "ink: te 0@1,1@3, unet 0.5@1,1@3", Lora hashes: "ink: 0123"'
+    params = infotext_utils.parse_generation_parameters(text)
+    script_callbacks.infotext_pasted_callback(text, params)
+    results.append({"name": "paste", "prompt": params["Prompt"]})
+
+    # 11. install.py inside the host: every requirement is already there, so nothing is installed over its pins
+    sys.path.insert(0, str(WORKTREE))
+    import install
+    results.append({"name": "install", "missing": install.missing_requirements()})
+
     import lark
     Path(out).write_text(json.dumps({"lark": lark.__version__, "results": results}))
 

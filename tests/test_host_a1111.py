@@ -119,10 +119,18 @@ def test_bad_tag_is_a_message_not_a_traceback(runs):
 
 def test_infotext_keeps_lora_hashes_and_adds_our_weights(runs):
     info = runs["euler"]["infotext"]
-    assert info["LoRA weights"] == '"ink: te 0@1,1@3, unet 0.5@1,1@3"'
+    assert info["LoRA weights"] == "ink: te 0@1,1@3, unet 0.5@1,1@3"   # the host's infotext writer quotes it
     assert info["Lora hashes"].startswith("ink: ") and len(info["Lora hashes"]) == len("ink: ") + 12
 
 
 def test_setting_hands_tags_back_to_the_builtin(runs):
     assert runs["setting-off"]["registry"] == "ExtraNetworkLora"
     assert runs["setting-on"]["registry"] == "LoraSyntaxNetwork"
+
+
+def test_paste_back_restores_the_tags(runs):
+    assert runs["paste"]["prompt"] == "a cat, <lora:ink:unet=0.5@1,1@3:te=0@1,1@3>"
+
+
+def test_install_py_leaves_the_host_pins_alone(runs):
+    assert runs["install"]["missing"] == []      # Forge's lark 1.1.2, safetensors... are used as they are
