@@ -26,6 +26,7 @@ SETTING_LABEL = ("Apply <lora:…> / <lyco:…> tags with lora-syntax (per-step 
                  "off: the built-in LoRA handler")
 SETTING_SECTION = ("lora_syntax", "LoRA syntax")
 INFOTEXT_FIELD = "LoRA weights"
+ERRORS_FIELD = "LoRA errors"
 TAG_KINDS = ("lora", "lyco")
 ROUTE_PREFIX = "/lora-syntax/v1"
 NEGATIVE_WARNING = ("LoRA tags in the negative prompt are not applied (a LoRA changes the model for both halves "
@@ -48,9 +49,19 @@ def lora_summary(plan: Any) -> str:
     return "; ".join(items)
 
 
-def infotext_fields(plan: Any) -> dict[str, str]:
-    """The fields we add to a generation's infotext: ``{"LoRA weights": "<json string>"}`` or nothing."""
-    return {INFOTEXT_FIELD: json.dumps(lora_summary(plan))} if plan is not None and plan.loras else {}
+def infotext_fields(plan: Any, *, quoted: bool = True) -> dict[str, str]:
+    """The fields we add to a generation's infotext: ``{"LoRA weights": "<json string>"}`` or nothing.
+
+    ``quoted=False`` for hosts that quote values themselves (SD.Next quotes any value holding ``,`` or ``:``)."""
+    if plan is None or not plan.loras:
+        return {}
+    summary = lora_summary(plan)
+    return {INFOTEXT_FIELD: json.dumps(summary) if quoted else summary}
+
+
+def short_error(message: str) -> str:
+    """The first line of an error (the caret lines are for logs), for an infotext field."""
+    return message.strip().splitlines()[0] if message.strip() else message
 
 
 _SUMMARY_ITEM = re.compile(r"^\s*(?P<name>[^:;<>]+?)\s*:\s*te\s+(?P<te>[^,]+(?:,[^,]+@\d+)*)\s*,"
@@ -172,6 +183,21 @@ def lora_folders(options: Any, models_path: str | Path | None = None) -> list[Pa
     if not found and models_path:
         found.append(Path(models_path) / "Lora")
     return list(dict.fromkeys(found))
+
+
+SDNEXT_TYPES = {"sd": "sd15", "sdxl": "sdxl", "f1": "flux", "sd3": "sd3"}
+MODEL_FLAGS = (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd15"))
+
+
+def model_architecture(host_shared: Any) -> str | None:
+    """The loaded checkpoint's family, read from the host's ``shared`` without loading a model.
+
+    SD.Next: ``sd_loaded`` first, then its ``sd_model_type`` (reading ``sd_model`` there can load a model
+    and logs ``Model locked`` while the UI is built). A1111 1.6+: the ``is_sdxl``/``is_sd2``/``is_sd1`` flags."""
+    if hasattr(host_shared, "sd_loaded"):
+        return SDNEXT_TYPES.get(getattr(host_shared, "sd_model_type", ""), None) if host_shared.sd_loaded else None
+    model = getattr(host_shared, "sd_model", None)
+    return next((name for flag, name in MODEL_FLAGS if getattr(model, flag, False)), None)
 
 
 def tag_names(prompts: Iterable[str]) -> list[str]:
