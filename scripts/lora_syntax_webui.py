@@ -132,6 +132,10 @@ class Glue:
         print(f"{LOG_PREFIX} {message}", file=sys.stderr)
         if p is not None and hasattr(p, "comment"):
             p.comment(f"lora-syntax: {message}")
+        if p is not None and error:      # also in the infotext, so API callers see it in ``info``
+            fields = p.extra_generation_params
+            fields[webui.ERRORS_FIELD] = "; ".join(filter(None, (fields.get(webui.ERRORS_FIELD),
+                                                                 webui.short_error(message))))
         if self.record is not None:
             (self.record.errors if error else self.record.warnings).append(message)
 
@@ -174,13 +178,18 @@ class Glue:
             if self.owner is not None and self.owner != id(p):
                 self.finish("done")                       # a stale run of an earlier generation
             self.builtin_has_nothing()
-            if not params_list:
+            if not params_list:      # this batch (or pass) has no tags: nothing of ours may stay applied
+                self.finish("done")
                 return
             source = " ".join(a1111.tag_text("lora", params.items) for params in params_list)
             if self.run is not None and source == self.source:
-                if getattr(p, "is_hr_pass", False) and not self.hr_pass:
-                    self.hr_pass = True
-                    self.hook.new_pass(p.hr_second_pass_steps or p.steps)
+                if getattr(p, "is_hr_pass", False):
+                    if not self.hr_pass:
+                        self.hr_pass = True
+                        self.hook.new_pass(p.hr_second_pass_steps or p.steps)
+                elif self.hr_pass or self.hook.passes:   # the next batch: step-1 weights before its conds
+                    self.hr_pass = False
+                    self.hook.new_pass(first_pass_steps(p))
                 return
             self.finish("done")
             self.start(p, source, params_list)
@@ -203,12 +212,7 @@ class Glue:
         parsed = parse(source, on_error="skip")
         for message in webui.error_messages(source):
             self.report(p, message)
-        if getattr(p, "is_hr_pass", False):
-            steps = p.hr_second_pass_steps or p.steps
-        else:
-            img2img = isinstance(p, processing.StableDiffusionProcessingImg2Img)
-            steps = a1111.pass_steps(p.steps, denoising=p.denoising_strength if img2img else None,
-                                     fix_steps=bool(shared.opts.data.get("img2img_fix_steps", False)))
+        steps = (p.hr_second_pass_steps or p.steps) if getattr(p, "is_hr_pass", False) else first_pass_steps(p)
         try:
             run = session.start(parsed, steps)
         except LoraError as err:
@@ -222,8 +226,7 @@ class Glue:
         self.record.steps = [steps]
         self.record.plan = webui.plan_payload(run.plan)
         self.record.change_points = list(run.change_points)
-        if run.plan.loras:   # the host quotes infotext values itself (webui.infotext_fields is pre-quoted JSON)
-            p.extra_generation_params[webui.INFOTEXT_FIELD] = webui.lora_summary(run.plan)
+        p.extra_generation_params.update(webui.infotext_fields(run.plan, quoted=False))   # the host quotes
         self.lora_hashes(p, [lora.name for lora in run.plan.loras])
 
     def lora_hashes(self, p: Any, names: list[str]) -> None:
@@ -273,6 +276,13 @@ class Glue:
                 self.record.status = status
                 self.record.engine = timings.as_dict()
                 self.record.steps = list(run.passes)
+
+
+def first_pass_steps(p: Any) -> int:
+    """The steps the first sampling pass of ``p`` runs (img2img: a part of ``p.steps``)."""
+    img2img = isinstance(p, processing.StableDiffusionProcessingImg2Img)
+    return a1111.pass_steps(p.steps, denoising=p.denoising_strength if img2img else None,
+                            fix_steps=bool(shared.opts.data.get("img2img_fix_steps", False)))
 
 
 class LoraSyntaxNetwork(extra_networks.ExtraNetwork if extra_networks is not None else object):

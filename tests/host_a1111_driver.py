@@ -196,35 +196,38 @@ def txt2img(prompt: str, steps: int, sampler: str = "Euler", **kwargs):
         width=32, height=32, seed=1, do_not_save_samples=True, do_not_save_grid=True, **kwargs)
 
 
-def generate(p, *, hires_steps: int | None = None, img2img: bool = False):
-    """process_images_inner's path for one batch (and sample_hr_pass's order of calls for a hires pass)."""
+def generate(p, *, hires_steps: int | None = None, img2img: bool = False, batches: int = 1):
+    """process_images_inner's path over ``batches`` batches (and sample_hr_pass's order of calls for a hires pass)."""
     def inner(p):
         shared.state.interrupted = shared.state.skipped = False
-        p.all_prompts, p.all_negative_prompts = [p.prompt], [p.negative_prompt]
-        p.prompts, p.negative_prompts = p.all_prompts, p.all_negative_prompts
-        if hires_steps:
-            p.all_hr_prompts, p.all_hr_negative_prompts = p.all_prompts, p.all_negative_prompts
-            p.hr_prompts, p.hr_negative_prompts = p.prompts, p.negative_prompts
-            p.hr_upscale_to_x, p.hr_upscale_to_y = p.width, p.height
+        p.all_prompts, p.all_negative_prompts = [p.prompt] * batches, [p.negative_prompt] * batches
         p.fill_fields_from_opts()
         p.seeds, p.subseeds = [1], [1]
-        p.rng = rng.ImageRNG((4, 4, 4), p.seeds, subseeds=p.subseeds)
-        p.parse_extra_network_prompts()
-        extra_networks.activate(p, p.extra_network_data)
-        p.setup_conds()
-        p.sampler = sd_samplers.create_sampler(p.sampler_name, MODEL)
-        x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-        if img2img:
-            p.sampler.sample_img2img(p, x, torch.randn_like(x), p.c, p.uc)
-        else:
-            x = p.sampler.sample(p, x, p.c, p.uc)
-        if hires_steps:
-            p.is_hr_pass = True
-            extra_networks.activate(p, p.hr_extra_network_data)
-            p.calculate_hr_conds()
-            p.sampler = sd_samplers.create_sampler(p.hr_sampler_name or p.sampler_name, MODEL)
-            p.sampler.sample_img2img(p, x, torch.randn_like(x), p.hr_c, p.hr_uc, steps=hires_steps)
-            p.is_hr_pass = False
+        for n in range(batches):      # process_images_inner's loop over batches
+            p.prompts, p.negative_prompts = p.all_prompts[n:n + 1], p.all_negative_prompts[n:n + 1]
+            if hires_steps:
+                p.all_hr_prompts, p.all_hr_negative_prompts = p.all_prompts, p.all_negative_prompts
+                p.hr_prompts, p.hr_negative_prompts = p.prompts, p.negative_prompts
+                p.hr_upscale_to_x, p.hr_upscale_to_y = p.width, p.height
+            p.rng = rng.ImageRNG((4, 4, 4), p.seeds, subseeds=p.subseeds)
+            p.parse_extra_network_prompts()
+            extra_networks.activate(p, p.extra_network_data)
+            if batches > 1:    # as with per-batch prompts (wildcards): the cache misses, conds are encoded now
+                p.cached_c, p.cached_uc = [None, None], [None, None]
+            p.setup_conds()
+            p.sampler = sd_samplers.create_sampler(p.sampler_name, MODEL)
+            x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+            if img2img:
+                p.sampler.sample_img2img(p, x, torch.randn_like(x), p.c, p.uc)
+            else:
+                x = p.sampler.sample(p, x, p.c, p.uc)
+            if hires_steps:
+                p.is_hr_pass = True
+                extra_networks.activate(p, p.hr_extra_network_data)
+                p.calculate_hr_conds()
+                p.sampler = sd_samplers.create_sampler(p.hr_sampler_name or p.sampler_name, MODEL)
+                p.sampler.sample_img2img(p, x, torch.randn_like(x), p.hr_c, p.hr_uc, steps=hires_steps)
+                p.is_hr_pass = False
         extra_networks.deactivate(p, p.extra_network_data)
         return "ok"
 
@@ -304,6 +307,9 @@ def main(out: str) -> None:
     # 1b. the same generation again: the host's cond cache still holds the step-1 conds
     p = txt2img("a [cat:dog:4] photo <lora:ink:unet=0.5@1,1@3:te=0@1,1@3>", 6)
     results.append(summary("euler-again", base, generate(p), expected))
+    # 1c. two batches of one generation, prompts not in the host's cond cache: each batch starts at step 1
+    p = txt2img("a [cat:dog:4] photo <lora:ink:unet=0.5@1,1@3:te=0@1,1@3>", 6)
+    results.append(summary("batches", base, generate(p, batches=2), expected))
 
     # 2. a second-order sampler: two denoiser calls per step
     p = txt2img("a cat <lora:ink:0.5@1,1@3:te=0>", 4, sampler="Heun")
@@ -345,7 +351,7 @@ def main(out: str) -> None:
     # 8. a malformed tag: an error line, no traceback, the model untouched
     p = txt2img("a cat <lora:ink:0.5@@1>", 3)
     res = generate(p)
-    results.append(summary("bad-tag", base, res, comments=list(p.comments)))
+    results.append(summary("bad-tag", base, res, comments=list(p.comments), infotext=dict(p.extra_generation_params)))
 
     # 9. the setting off: the built-in handler is registered again and ours gets nothing
     shared.opts.data["lora_syntax_enabled"] = False

@@ -61,6 +61,14 @@ def test_each_denoiser_call_sees_the_weights_of_its_step(runs):
     assert euler["report"]["passes"] == [6] and euler["report"]["status"] == "done"
 
 
+def test_each_batch_starts_at_step_one_before_its_conds(runs):
+    batches = runs["batches"]                   # two batches, the host's cond cache missing for the second
+    assert ms(batches) == [0.5, 0.5, 1.0, 1.0, 1.0, 1.0] * 2
+    assert [c["te_m"] for c in batches["calls"]] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0] * 2
+    assert max(c["cond_err"] for c in batches["calls"]) < 1e-5
+    assert batches["restored"]
+
+
 def test_second_order_sampler_two_calls_per_step(runs):
     heun = runs["heun"]                         # <lora:ink:0.5@1,1@3>, 4 steps: Heun calls 2 per step, 1 at the end
     assert [c["call"] for c in heun["calls"]] == list(range(7))
@@ -95,7 +103,7 @@ def test_host_cond_cache_is_not_poisoned(runs):
 
 
 def test_bitwise_restore_on_every_exit(runs):
-    for name in ("euler", "euler-again", "heun", "img2img", "hires", "exception", "interrupt", "state-dict", "bad-tag"):
+    for name in ("euler", "euler-again", "batches", "heun", "img2img", "hires", "exception", "interrupt", "state-dict", "bad-tag"):
         assert runs[name]["restored"], name
     assert runs["exception"]["result"] == "boom in the sampler"
     assert runs["exception"]["report"]["status"] == "failed"
@@ -113,6 +121,8 @@ def test_bad_tag_is_a_message_not_a_traceback(runs):
     bad = runs["bad-tag"]
     assert bad["comments"] == ["lora-syntax: LoRA tag error: LoRA tag '<lora:ink:0.5@@1>' at column 15: bad schedule: "
                                "unexpected '@1'; expected a number\n  <lora:ink:0.5@@1>\n                ^"]
+    assert bad["infotext"]["LoRA errors"] == ("LoRA tag error: LoRA tag '<lora:ink:0.5@@1>' at column 15: bad schedule: "
+                                              "unexpected '@1'; expected a number")
     assert ms(bad) == [0.0, 0.0, 0.0]
     assert "Traceback" not in runs["_"]["log"]
 
