@@ -35,6 +35,8 @@ from lora_syntax.errors import LoraError  # noqa: E402
 from lora_syntax.hosts import a1111, webui  # noqa: E402
 
 SESSION_ATTRIBUTE = "_lora_syntax_session"
+UNSUPPORTED = ("lora-syntax applies tags to SD1.5, SD2 and SDXL models in this web UI; the loaded model ({model}) "
+               "is not one of them, so the built-in LoRA handler applies the tags.")
 LOG_PREFIX = "[lora-syntax]"
 
 
@@ -60,11 +62,13 @@ def host_components(sd_model: Any) -> dict[str, Any]:
     forge = getattr(sd_model, "forge_objects", None)
     if forge is not None:
         clip = forge.clip.cond_stage_model
-        encoders = [getattr(clip, name, None) for name in ("clip_l", "clip_g")]
+        encoders = [getattr(clip, name, None) for name in ("clip_l", "clip_h", "clip_g")]
         unet = forge.unet.model.diffusion_model
     else:
-        conditioner = getattr(sd_model, "conditioner", None)
+        conditioner = getattr(sd_model, "conditioner", None)     # SDXL: CLIP-L, OpenCLIP-G, size embedders
         encoders = list(conditioner.embedders) if conditioner is not None else [sd_model.cond_stage_model]
+        encoders = [e for e in encoders if hasattr(getattr(e, "wrapped", e), "transformer")
+                    or hasattr(getattr(getattr(e, "wrapped", e), "model", None), "transformer")]
         unet = sd_model.model.diffusion_model
     found = {"unet": ldm_unet(unet)}
     for name, encoder in zip(("text_encoder", "text_encoder_2"), [e for e in encoders if e is not None]):
@@ -201,8 +205,12 @@ class Glue:
         session = None
         refusal = forge_storage(shared.sd_model)
         if refusal is None:
-            session = self.session(shared.sd_model)
-            refusal = a1111.storage_refusal(session.components)
+            try:
+                session = self.session(shared.sd_model)
+            except (ValueError, AttributeError, TypeError):   # FLUX, SD3...: no LDM UNet / CLIP where we look
+                refusal = UNSUPPORTED.format(model=type(shared.sd_model).__name__)
+            else:
+                refusal = a1111.storage_refusal(session.components)
         if refusal:
             self.report(p, refusal)
             self.record.status = "off"
