@@ -32,14 +32,10 @@ except ImportError:
 from lora_syntax.errors import LoraError  # noqa: E402
 from lora_syntax.hosts import webui  # noqa: E402
 
+
 def enabled() -> bool:
+    """Our setting: on unless the user turned it off (then the built-in handles the tags)."""
     return bool(shared.opts.data.get(webui.SETTING_KEY, True))
-
-
-def network_text(network_data: Any) -> str:
-    """The tags SD.Next found, as typed: its regex keeps everything between ``<kind:`` and ``>``."""
-    return " ".join(f"<{kind}:{':'.join(params.items)}>" for kind in webui.TAG_KINDS
-                    for params in (network_data or {}).get(kind, []))
 
 
 class Glue:
@@ -77,14 +73,17 @@ class Glue:
     def activate(self, p: Any) -> None:
         """SD.Next activates extra networks: start (or keep) our run for the tags it parsed."""
         with self.lock:
-            text = network_text(p.network_data)
+            text = webui.network_text(p.network_data)
             if self.key == (id(p), text) and (self.sdrun is None or self.sdrun.run.active):
                 return
             self.finish(p)
             self.key = (id(p), text)
             _release_builtin(p)
             self.record = webui.RunRecord(prompt=text, status="running")
-            self._strip_negative(p)
+            negatives, warning = webui.strip_negatives(getattr(p, "negative_prompts", None) or [])
+            if warning:
+                p.negative_prompts = negatives
+                self.report(p, warning, error=False)
             if not text:
                 return
             try:
@@ -96,49 +95,17 @@ class Glue:
     def _start(self, p: Any, text: str) -> None:
         from lora_syntax.hosts.diffusers import session_for
         from lora_syntax.hosts.sdnext import SdnextRun
-        from lora_syntax.syntax import parse
-        from lora_syntax.syntax.model import ParsedPrompt
 
-        parsed = parse(text, on_error="skip")
-        for error in parsed.errors:
-            self.report(p, f"LoRA tag error: {error}")
-        library = self.get_library()
-        tags = []
-        for tag in parsed.tags:
-            try:
-                library.resolve(tag.name)
-            except LoraError as error:
-                self.report(p, f"{tag.text}: {error}")
-            else:
-                tags.append(tag)
-        if not tags:
-            self.record.status = "failed"
-            return
-        session = session_for(shared.sd_model, library=library)
+        session = session_for(shared.sd_model, library=self.get_library())
         if session.active is not None:   # a generation that never reached its end (should not happen)
             session.active.end()
-        steps = int(p.steps)
-
-        def stack(chosen: list) -> ParsedPrompt:
-            return ParsedPrompt(parsed.prompt, tuple(chosen), (), parsed.source)
-
-        try:
-            run = session.start(stack(tags), steps)
-        except LoraError:   # find the tags that fail (wrong architecture, unreadable file) and go on without
-            good = []
-            for tag in tags:
-                try:
-                    session.start(stack([tag]), steps).end()
-                except LoraError as error:
-                    self.report(p, f"{tag.text}: {error}")
-                else:
-                    good.append(tag)
-            if not good:
-                self.record.status = "failed"
-                return
-            run = session.start(stack(good), steps)
-        passes = 1 + int(bool(getattr(p, "enable_hr", False)))
-        self.sdrun = SdnextRun(run, _make_encoder(p), expected_passes=passes)
+        run, messages = webui.start_good_tags(session, text, int(p.steps))
+        for message in messages:
+            self.report(p, message)
+        if run is None:
+            self.record.status = "failed"
+            return
+        self.sdrun = SdnextRun(run, _make_encoder(p), expected_passes=1 + int(bool(getattr(p, "enable_hr", 0))))
         _wrap_callback(p, self.sdrun)
         p.extra_generation_params["LoRA networks"] = ", ".join(lora.name for lora in run.plan.loras)
         p.extra_generation_params.update(webui.infotext_fields(run.plan, quoted=False))
@@ -147,30 +114,13 @@ class Glue:
         self.record.plan = webui.plan_payload(run.plan)
         self.record.change_points = list(run.change_points)
 
-    def _strip_negative(self, p: Any) -> None:
-        negatives = list(getattr(p, "negative_prompts", None) or [])
-        warned = None
-        for index, negative in enumerate(negatives):
-            negatives[index], warning = webui.strip_negative(negative)
-            warned = warned or warning
-        if warned:
-            p.negative_prompts = negatives
-            self.report(p, warned, error=False)
-
     def finish(self, p: Any | None = None) -> None:
         """End the run: every original weight back (success, error, interrupt, skip)."""
         with self.lock:
             sdrun, self.sdrun, self.key = self.sdrun, None, None
-            record = self.record
-            if sdrun is not None:
-                timings = sdrun.run.end()
-                if record is not None:
-                    record.engine = timings.as_dict()
-                    record.steps = list(sdrun.run.passes)
-                    record.warnings.extend(w for w in sdrun.run.warnings if w not in record.warnings)
-            if record is not None and record.status == "running":
-                state = shared.state
-                record.status = "interrupted" if state.interrupted else "skipped" if state.skipped else "done"
+            timings = sdrun.run.end() if sdrun is not None else None
+            webui.finish_record(self.record, sdrun and sdrun.run, timings,
+                                interrupted=shared.state.interrupted, skipped=shared.state.skipped)
 
 
 GLUE = Glue()
@@ -203,11 +153,13 @@ def _wrap_callback(p: Any, sdrun: Any) -> None:
     """Ours runs after SD.Next's callback (or whatever another extension put in ``p.task_args``)."""
     from modules.processing_callbacks import diffusers_callback
     previous = p.task_args.get("callback_on_step_end") or diffusers_callback
+    previous = getattr(previous, "lora_syntax_previous", previous)   # ours from an earlier batch of this p
 
     def callback(pipe: Any, step: int = 0, timestep: Any = 0, kwargs: dict | None = None) -> dict:
         kwargs = previous(pipe, step, timestep, kwargs if kwargs is not None else {})
         return sdrun.on_step_end(pipe, step, kwargs)
 
+    callback.lora_syntax_previous = previous
     p.task_args["callback_on_step_end"] = callback
 
 

@@ -80,6 +80,7 @@ class SdnextServer:
         loras.mkdir()
         for path in (KIT / "loras").iterdir():
             shutil.copy2(path, loras / path.name)
+        (loras / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
         (self.data / "config.json").write_text(json.dumps({"sdnq_dequantize_compile": False}))
 
     def start(self, timeout: float = 240.0) -> None:

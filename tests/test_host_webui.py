@@ -68,3 +68,24 @@ def test_lora_folders_from_options_or_models_path():
     assert webui.lora_folders(SimpleNamespace(lora_dir="/a", lyco_dir="/b"), "/m") == [Path("/a"), Path("/b")]
     assert webui.lora_folders(SimpleNamespace(lora_dir=None), "/m") == [Path("/m/Lora")]
     assert webui.lora_folders(None, None) == []
+
+
+def test_start_good_tags_leaves_out_each_failing_tag_and_says_why(tmp_path):
+    import shutil
+
+    from lora_syntax.hosts.diffusers import session_for
+    from lora_syntax.testing.tiny import tiny_pipeline
+
+    for name in ("sepia", "night"):
+        shutil.copy2(KIT / "loras" / f"{name}.safetensors", tmp_path / f"{name}.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    pipe = tiny_pipeline("sd15")
+    session = session_for(pipe, [tmp_path])
+    run, messages = webui.start_good_tags(session, "<lora:broken:1> <lora:nosuch:1> <lora:x:zz=1>", 4)
+    assert run is None and len(messages) == 3
+    assert [m.split(":")[0] for m in messages] == ["LoRA tag error", "<lora", "<lora"]
+    assert "<lora:nosuch:1>: " in messages[1] and "<lora:broken:1>: " in messages[2]
+    assert webui.network_text({"lora": [SimpleNamespace(items=["a", "te=1@1", "0@3"])], "lyco": []}) == \
+        "<lora:a:te=1@1:0@3>"
+    assert webui.strip_negatives(["a <lora:x:1>", "b"]) == (["a", "b"], webui.NEGATIVE_WARNING.format(
+        tags="<lora:x:1>"))

@@ -116,6 +116,61 @@ def strip_negative(negative: str) -> tuple[str, str | None]:
     return parsed.prompt, NEGATIVE_WARNING.format(tags=", ".join(removed))
 
 
+def strip_negatives(negatives: Sequence[str]) -> tuple[list[str], str | None]:
+    """:func:`strip_negative` over a batch of negative prompts: the cleaned list and one warning."""
+    cleaned, warned = [], None
+    for negative in negatives:
+        text, warning = strip_negative(negative)
+        cleaned.append(text)
+        warned = warned or warning
+    return cleaned, warned
+
+
+def network_text(network_data: Any) -> str:
+    """The tags a host's extra-network parser found, as typed: it keeps everything between ``<kind:`` and
+    ``>`` as ``:``-separated items (SD.Next's and A1111's ``ExtraNetworkParams.items``)."""
+    return " ".join(f"<{kind}:{':'.join(params.items)}>" for kind in TAG_KINDS
+                    for params in (network_data or {}).get(kind, []))
+
+
+def start_good_tags(session: Any, text: str, steps: int) -> tuple[Any, list[str]]:
+    """Start ``session``'s run for the tags of ``text`` that work, and say what is wrong with the others.
+
+    A malformed tag, an unknown name, an unreadable file or a LoRA for another architecture is left out with
+    a message naming it; the other tags still apply. Returns ``(run or None, messages)``."""
+    from ..errors import LoraError
+    from ..syntax.model import ParsedPrompt
+
+    parsed = parse(text, on_error="skip")
+    messages = [f"LoRA tag error: {error}" for error in parsed.errors]
+    tags = []
+    for tag in parsed.tags:
+        try:
+            session.library.resolve(tag.name)
+        except LoraError as error:
+            messages.append(f"{tag.text}: {error}")
+        else:
+            tags.append(tag)
+
+    def stack(chosen: list) -> ParsedPrompt:
+        return ParsedPrompt(parsed.prompt, tuple(chosen), (), parsed.source)
+
+    if not tags:
+        return None, messages
+    try:
+        return session.start(stack(tags), steps), messages
+    except LoraError:   # find the tags that fail and go on without them
+        good = []
+        for tag in tags:
+            try:
+                session.start(stack([tag]), steps).end()
+            except LoraError as error:
+                messages.append(f"{tag.text}: {error}")
+            else:
+                good.append(tag)
+        return (session.start(stack(good), steps) if good else None), messages
+
+
 def error_messages(prompt: str) -> list[str]:
     """One line per malformed tag of ``prompt`` (the good tags still apply)."""
     return [f"LoRA tag error: {error}" for error in parse(prompt or "", on_error="skip").errors]
@@ -157,6 +212,19 @@ class RunRecord:
     errors: list[str] = field(default_factory=list)
     status: str = "none"                                    # running, done, interrupted, failed, off
     started: float = field(default_factory=time.time)
+
+
+def finish_record(record: RunRecord | None, run: Any, timings: Any, *, interrupted: bool = False,
+                  skipped: bool = False) -> None:
+    """Fill in what the run did once it ended (``run``/``timings`` None when no run started)."""
+    if record is None:
+        return
+    if run is not None:
+        record.engine = timings.as_dict()
+        record.steps = list(run.passes)
+        record.warnings.extend(w for w in run.warnings if w not in record.warnings)
+    if record.status == "running":
+        record.status = "interrupted" if interrupted else "skipped" if skipped else "done"
 
 
 def plan_payload(plan: Any) -> list[dict[str, Any]]:
