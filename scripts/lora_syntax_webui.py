@@ -199,8 +199,6 @@ class Glue:
             self.start(p, source, params_list)
 
     def start(self, p: Any, source: str, params_list: list[Any]) -> None:
-        from lora_syntax.syntax import parse
-
         self.record = webui.RunRecord(prompt=source, status="running")
         session = None
         refusal = forge_storage(shared.sd_model)
@@ -217,15 +215,12 @@ class Glue:
             if self.builtin is not None:
                 self.builtin.activate(p, params_list)
             return
-        parsed = parse(source, on_error="skip")
-        for message in webui.error_messages(source):
-            self.report(p, message)
         steps = (p.hr_second_pass_steps or p.steps) if getattr(p, "is_hr_pass", False) else first_pass_steps(p)
-        try:
-            run = session.start(parsed, steps)
-        except LoraError as err:
-            self.report(p, str(err))
-            self.record.status = "failed"
+        run, messages = webui.start_good_tags(session, source, steps)   # a broken tag is left out, named
+        for message in messages:
+            self.report(p, message)
+        if run is None:
+            self.record.status = "failed" if messages else "done"
             return
         self.run, self.owner, self.source, self.hr_pass = run, id(p), source, bool(getattr(p, "is_hr_pass", False))
         self.hook = a1111.StepHook(run, lambda: encode(p), select)

@@ -353,6 +353,11 @@ def main(out: str) -> None:
     res = generate(p)
     results.append(summary("bad-tag", base, res, comments=list(p.comments), infotext=dict(p.extra_generation_params)))
 
+    # 8b. an unknown LoRA next to a good one: the good one applies, the other is named
+    p = txt2img("a cat <lora:ink:1:te=0> <lora:nosuch:1>", 3)
+    res = generate(p)
+    results.append(summary("unknown", base, res, comments=list(p.comments)))
+
     # 9. the setting off: the built-in handler is registered again and ours gets nothing
     shared.opts.data["lora_syntax_enabled"] = False
     GLUE.register()

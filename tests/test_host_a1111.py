@@ -144,3 +144,10 @@ def test_paste_back_restores_the_tags(runs):
 
 def test_install_py_leaves_the_host_pins_alone(runs):
     assert runs["install"]["missing"] == []      # Forge's lark 1.1.2, safetensors... are used as they are
+
+
+def test_unknown_lora_is_named_and_the_others_apply(runs):
+    unknown = runs["unknown"]
+    assert ms(unknown) == [1.0, 1.0, 1.0] and unknown["restored"]
+    assert len(unknown["comments"]) == 1 and unknown["comments"][0].startswith("lora-syntax: <lora:nosuch:1>: ")
+    assert "nosuch" in unknown["comments"][0]
