@@ -163,6 +163,8 @@ def test_library_route_lists_sdnext_lora_folder_with_architecture(server, base):
     assert {(i["architecture"], i["compatible"]) for i in items.values()} == {("sd15", True)}
     assert items["zorbstar"]["trigger_words"][0] == "zorbstar"
     assert "Model locked" not in server.log()   # the Networks tab read the model type without loading it
+    config = json.dumps(server.call("GET", "/config"))
+    assert "LoRA Networks" in config and "lora_syntax_networks" in config
 
 
 def test_z_setting_off_gives_the_tags_back_to_the_builtin(server, base, sepia):
