@@ -180,6 +180,8 @@ def session(tmp_path_factory):
     finally:
         server.stop()
     print("Forge timings (s):", {k: round(v, 1) for k, v in out["timings"].items()})
+    for name in ("lora1", "stepwise"):
+        print(f"engine ({name}):", json.dumps(out.get(name, {}).get("report", {}).get("engine")))
     return out
 
 
