@@ -318,7 +318,9 @@ class Patcher:
             return
         needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
         for slot in pending:
-            room = not self.in_place and _room_on_device(slot.module.weight, needed)
+            # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
+            room = (not self.in_place and not getattr(slot.module, "in_place_only", False)
+                    and _room_on_device(slot.module.weight, needed))
             slot.weight = _Owned(slot.module.weight, room)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
