@@ -368,7 +368,7 @@ def main(out: str) -> None:
 
     # 10. paste-back: the host's infotext parser and callbacks put our tags back into a prompt without them
     from modules import infotext_utils, script_callbacks
-    text = 'a cat\nSteps: 6, Sampler: Euler, LoRA weights: "ink: te 0@1,1@3, unet 0.5@1,1@3", Lora hashes: "ink: 0123"'
+    text = 'a cat\nSteps: 6, Sampler: Euler, LoRA weights: "<lora:ink:te=0@1,1@3:unet=0.5@1,1@3>", Lora hashes: "ink: 0123"'
     params = infotext_utils.parse_generation_parameters(text)
     script_callbacks.infotext_pasted_callback(text, params)
     results.append({"name": "paste", "prompt": params["Prompt"]})

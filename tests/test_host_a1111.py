@@ -129,7 +129,7 @@ def test_bad_tag_is_a_message_not_a_traceback(runs):
 
 def test_infotext_keeps_lora_hashes_and_adds_our_weights(runs):
     info = runs["euler"]["infotext"]
-    assert info["LoRA weights"] == "ink: te 0@1,1@3, unet 0.5@1,1@3"   # the host's infotext writer quotes it
+    assert info["LoRA weights"] == "<lora:ink:te=0@1,1@3:unet=0.5@1,1@3>"   # the host's infotext writer quotes it
     assert info["Lora hashes"].startswith("ink: ") and len(info["Lora hashes"]) == len("ink: ") + 12
 
 
@@ -139,7 +139,7 @@ def test_setting_hands_tags_back_to_the_builtin(runs):
 
 
 def test_paste_back_restores_the_tags(runs):
-    assert runs["paste"]["prompt"] == "a cat, <lora:ink:unet=0.5@1,1@3:te=0@1,1@3>"
+    assert runs["paste"]["prompt"] == "a cat, <lora:ink:te=0@1,1@3:unet=0.5@1,1@3>"
 
 
 def test_install_py_leaves_the_host_pins_alone(runs):

@@ -190,7 +190,7 @@ def test_our_handler_takes_the_tags(session):
     assert lora1["status"] == 200
     assert lora1["report"]["status"] == "done" and [p["name"] for p in lora1["report"]["plan"]] == ["ink"]
     assert lora1["report"]["engine"]["applied_modules"] == 128 + 48   # 16 UNet blocks x 8, 12 CLIP layers x 4
-    assert "LoRA weights: \"ink: te 1, unet 1\"" in json.loads(lora1["answer"]["info"])["infotexts"][0]
+    assert "LoRA weights: \"<lora:ink:te=1:unet=1>\"" in json.loads(lora1["answer"]["info"])["infotexts"][0]
     assert "[LORA]" not in session["log_before_builtin"]       # the built-in never saw a tag while we were on
 
 
