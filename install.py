@@ -36,10 +36,29 @@ def missing_requirements(path: Path = REQUIREMENTS, *, optional: bool = False) -
     return missing
 
 
+def installed_pins() -> list[str]:
+    """``name==version`` of every distribution in this interpreter: the host's pins as they are now."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            pins[name.lower()] = f"{name}=={dist.version}"
+    return sorted(pins.values())
+
+
 def install(requirements: list[str]) -> None:
-    """pip-install ``requirements`` into this interpreter."""
-    if requirements:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", *requirements])
+    """pip-install ``requirements`` into this interpreter, never changing an installed package: every one is
+    held at its current version by a constraints file (a host's pins, e.g. Forge's lark 1.1.2, stay)."""
+    if not requirements:
+        return
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(installed_pins()) + "\n")
+    try:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-c", handle.name, *requirements])
+    finally:
+        Path(handle.name).unlink(missing_ok=True)
 
 
 def main() -> int:

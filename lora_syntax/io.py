@@ -7,6 +7,11 @@ tensors holding NaN/inf are refused with a message naming the file (and the tens
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,16 +101,85 @@ def check_file(path: str | Path) -> Path:
     return path
 
 
+Roots = Sequence[Path] | None
+#: The value :func:`parse_json` returns for text it could not read (``None`` is valid JSON).
+INVALID = object()
+
+
+def parse_json(text: str | bytes, *, what: str) -> object:
+    """``text`` parsed as JSON, or :data:`INVALID` with a warning naming ``what`` (a file, a metadata key).
+
+    Metadata and sidecars are untrusted input: besides malformed text, nesting deeper than Python's
+    recursion limit (``[[[...]]]`` 1,000 deep, 2 KB) raises ``RecursionError`` in ``json``, and one bad
+    value must never take down a listing of the whole library."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        warnings.warn(f"ignoring {what}: its JSON is nested too deeply to read", stacklevel=2)
+    except (ValueError, TypeError) as error:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        warnings.warn(f"ignoring {what}: not valid JSON ({error})", stacklevel=2)
+    return INVALID
+
+
+
+def is_inside(path: str | Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` (resolved: symlinks followed) lies in one of the (resolved) folders ``roots``."""
+    real = Path(os.path.realpath(path))
+    return any(real == root or root in real.parents for root in (Path(os.path.realpath(r)) for r in roots))
+
+
+def outside_error(path: Path, real: str | Path) -> LoraFileError:
+    return LoraFileError(f"LoRA file '{path}' leads to '{real}', outside the LoRA folders (a symlink or a "
+                         "renamed folder); it is refused. Move or copy the file into a LoRA folder instead.",
+                         path=path)
+
+
+def check_inside(path: str | Path, roots: Roots) -> Path:
+    """``path`` when it resolves inside ``roots`` (``None``: no containment asked); else a :class:`LoraFileError`."""
+    path = Path(path)
+    if roots is not None and not is_inside(path, roots):
+        raise outside_error(path, os.path.realpath(path))
+    return path
+
+
+@contextlib.contextmanager
+def contained(path: Path, roots: Roots) -> Iterator[str]:
+    """The name to open ``path`` by, checked to lie inside ``roots`` at the moment it is read.
+
+    The file is opened first and the check made on what that descriptor refers to (``/proc/self/fd``), and
+    the reader is handed that descriptor's name: swapping the file for a symlink between a check and the
+    read cannot slip another file in. Without ``/proc`` the resolved path is checked just before use."""
+    if roots is None:
+        yield str(path)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise LoraFileError(f"LoRA file '{path}' cannot be read: {error.strerror or error}.", path=path) from error
+    try:
+        by_fd = Path(f"/proc/self/fd/{fd}")
+        if by_fd.is_symlink():
+            real = os.readlink(by_fd)
+            if not is_inside(real, roots):
+                raise outside_error(path, real)
+            yield str(by_fd)
+        else:
+            yield str(check_inside(path, roots))
+    finally:
+        os.close(fd)
+
+
 def _corrupt(path: Path, error: BaseException) -> LoraFileError:
     detail = str(error).strip() or type(error).__name__
     return LoraFileError(f"LoRA file '{path}' is truncated or corrupt ({detail}); download it again.", path=path)
 
 
-def read_header(path: str | Path) -> SafetensorsHeader:
-    """Metadata, tensor shapes and dtypes of a safetensors file, without loading tensor data."""
-    path = check_file(path)
+def read_header(path: str | Path, *, roots: Roots = None) -> SafetensorsHeader:
+    """Metadata, tensor shapes and dtypes of a safetensors file, without loading tensor data.
+    ``roots``: the folders the file must lie in when it is read (see :func:`contained`)."""
+    path = check_file(check_inside(path, roots))
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with contained(path, roots) as name, safe_open(name, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             shapes, dtypes = {}, {}
             for key in handle.keys():
@@ -149,12 +223,13 @@ def _check_all_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         _check_finite(path, key, tensor)
 
 
-def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors LoRA file, checked to be finite."""
-    path = check_file(path)
+def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu",
+                    roots: Roots = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors LoRA file, checked to be finite (and to lie inside ``roots``)."""
+    path = check_file(check_inside(path, roots))
     tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with contained(path, roots) as name, safe_open(name, framework="pt", device="cpu") as handle:
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
     except _READ_ERRORS as error:
@@ -168,21 +243,21 @@ def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return tensors
 
 
-def read_tensors(path: str | Path, keys: list[str]) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | Path, keys: list[str], *, roots: Roots = None) -> dict[str, torch.Tensor]:
     """Only the named tensors (small ones such as ``alpha``), read lazily from a safetensors file."""
-    path = check_file(path)
+    path = check_file(check_inside(path, roots))
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with contained(path, roots) as name, safe_open(name, framework="pt", device="cpu") as handle:
             return {key: handle.get_tensor(key) for key in keys}
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | Path, *, roots: Roots = None) -> dict[str, str]:
     """Only the ``__metadata__`` of a safetensors file: what a folder scan needs for aliases."""
-    path = check_file(path)
+    path = check_file(check_inside(path, roots))
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with contained(path, roots) as name, safe_open(name, framework="pt") as handle:
             return dict(handle.metadata() or {})
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error

@@ -1,10 +1,14 @@
 """Finding LoRAs by the name typed in a tag, and loading them through a bounded cache.
 
 A name resolves, first rule that matches wins: the path relative to a LoRA folder (``styles/ink``),
-the file stem (``ink``), an alias from the metadata (``ss_output_name``, ``modelspec.title``); then the
-same three ignoring case. Several files at one rule -> an error listing them; no file -> an error naming
-the closest names. Names can never leave the folders: ``..``, absolute paths, drive letters and symlinks
-that point outside are refused. When two folders hold the same relative path, the earlier folder wins.
+the file stem (``ink``), the same two ignoring case, then an alias from the metadata (``ss_output_name``,
+``modelspec.title``), exactly and ignoring case: an alias never shadows another file's name (a copy of
+``sepia.safetensors`` keeps the alias "sepia"; ``<lora:sepia>`` still means ``sepia.safetensors``, and the
+library warns). Several files at one rule -> an error listing them; no file -> an error naming the closest
+names. Names can never leave the folders: ``..``, absolute paths, drive letters and symlinks that point
+outside are refused, at scan time and again when each file is read (``io.contained``). When two folders hold
+the same relative path, the earlier folder wins. A resolved file that changed on disk since the scan
+(renamed, deleted, rewritten: size, mtime, ctime or inode) triggers a rescan before it is used.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import importlib
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .errors import LoraFileError, LoraNameError
+from .errors import LoraError, LoraFileError, LoraNameError
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, pickle_error, read_metadata
 from .metadata import LoraInfo, read_info, sidecar
 
@@ -45,6 +50,8 @@ class LoraEntry:
     mtime: float = 0.0
     mtime_ns: int = field(default=0, repr=False)
     refused: str | None = None  # why this file will not be loaded (pickle, symlink out of the folders)
+    roots: tuple[Path, ...] | None = field(default=None, compare=False, repr=False)  # every read stays inside
+    stamp: tuple[int, ...] = field(default=(), compare=False, repr=False)  # file_stamp() at the scan
 
     @property
     def stem(self) -> str:
@@ -55,12 +62,19 @@ class LoraEntry:
         """Metadata, trigger words and preview, read on first use (header only)."""
         if self.refused:
             raise LoraFileError(self.refused, path=self.path)
-        return read_info(self.path)
+        return read_info(self.path, roots=self.roots)
 
 
-def check_name(name: str) -> str:
-    """The tag name in posix form without a ``.safetensors`` suffix; refuses names that leave the folders."""
-    cleaned = name.strip().replace("\\", "/")
+def file_stamp(stat: os.stat_result) -> tuple[int, ...]:
+    """What says a file changed: size, mtime, ctime and inode. ``cp -p`` and ``rsync -t`` keep the mtime of
+    a same-size rewrite, but not its inode change time (nor, for a new file, its inode)."""
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+def check_name(name: str, *, literal_backslash: bool = False) -> str:
+    """The tag name in posix form without a ``.safetensors`` suffix; refuses names that leave the folders.
+    A backslash separates folders (Windows habit) unless ``literal_backslash`` (a POSIX file name holding one)."""
+    cleaned = name.strip() if literal_backslash else name.strip().replace("\\", "/")
     if not cleaned or "\x00" in cleaned:
         raise LoraNameError(f"LoRA name {name!r} is empty or invalid; write the file's name without its "
                             "suffix, e.g. 'ink' or 'styles/ink'.", name=name)
@@ -102,7 +116,7 @@ class _Cached:
 
 
 class LoadCache:
-    """Loaded LoRAs keyed by (path, mtime_ns, size, architecture, tree id), least recently used evicted
+    """Loaded LoRAs keyed by (path, file_stamp, architecture, tree id), least recently used evicted
     first when over ``max_items`` or ``max_bytes`` of tensors (SD.Next's ``lora_in_memory_limit``)."""
 
     def __init__(self, *, max_items: int = 32, max_bytes: int = 2 * GIB) -> None:
@@ -128,9 +142,9 @@ class LoadCache:
         except OSError as error:
             raise LoraFileError(f"LoRA file '{entry.path}' cannot be read: {error.strerror or error}.",
                                 path=entry.path) from error
-        key = (str(entry.path), stat.st_mtime_ns, stat.st_size, getattr(tree, "architecture", None), id(tree))
+        key = (str(entry.path), file_stamp(stat), getattr(tree, "architecture", None), id(tree))
         with self._lock:
-            for old in [k for k in self._items if k[0] == key[0] and k[1:3] != key[1:3]]:
+            for old in [k for k in self._items if k[0] == key[0] and k[1] != key[1]]:
                 del self._items[old]  # the file changed on disk
             cached = self._items.get(key)
             if cached is not None and cached.tree is tree:
@@ -139,7 +153,7 @@ class LoadCache:
                 return cached.loaded
             self.misses += 1
         loader = importlib.import_module("lora_syntax.loader")
-        loaded = loader.load_lora(entry.path, tree, name=entry.name)
+        loaded = loader.load_lora(entry.path, tree, name=entry.name, roots=entry.roots)
         nbytes = tensor_bytes(loaded) or stat.st_size
         if self.max_items > 0 and nbytes <= self.max_bytes:
             with self._lock:
@@ -154,26 +168,71 @@ class LoadCache:
             total -= dropped.nbytes
 
 
-# What a name is compared with, in order: relative path, stem, aliases (exactly, then case-folded).
-_RULES: tuple[Callable[[LoraEntry], tuple[str, ...]], ...] = (
-    lambda entry: (entry.name,), lambda entry: (entry.stem,), lambda entry: entry.aliases)
+def _names(entry: LoraEntry) -> tuple[str, ...]:
+    return (entry.name,)
+
+
+def _stems(entry: LoraEntry) -> tuple[str, ...]:
+    return (entry.stem,)
+
+
+def _aliases(entry: LoraEntry) -> tuple[str, ...]:
+    return entry.aliases
+
+
+# What a name is compared with, in order, and whether case is ignored: file names before any alias.
+_RULES: tuple[tuple[Callable[[LoraEntry], tuple[str, ...]], bool], ...] = (
+    (_names, False), (_stems, False), (_names, True), (_stems, True), (_aliases, False), (_aliases, True))
 
 
 def lookup_tables(entries: list[LoraEntry]) -> list[dict[str, list[LoraEntry]]]:
-    """One ``key -> entries`` table per (case, rule), in the order :meth:`LoraLibrary.resolve` tries them."""
+    """One ``key -> entries`` table per rule of ``_RULES``, in the order :meth:`LoraLibrary.resolve` tries them."""
     tables = []
-    for fold in (False, True):
-        for rule in _RULES:
-            table: dict[str, list[LoraEntry]] = {}
-            for entry in entries:
-                for key in dict.fromkeys(rule(entry)):
-                    table.setdefault(key.casefold() if fold else key, []).append(entry)
-            tables.append(table)
+    for rule, fold in _RULES:
+        table: dict[str, list[LoraEntry]] = {}
+        for entry in entries:
+            for key in dict.fromkeys(rule(entry)):
+                table.setdefault(key.casefold() if fold else key, []).append(entry)
+        tables.append(table)
     return tables
+
+
+def alias_warnings(entries: list[LoraEntry]) -> list[str]:
+    """An alias that is another file's name or stem (ignoring case) never resolves to its own file: say so."""
+    names: dict[str, list[LoraEntry]] = {}
+    for entry in entries:
+        for key in dict.fromkeys((entry.name.casefold(), entry.stem.casefold())):
+            names.setdefault(key, []).append(entry)
+    found = []
+    for entry in entries:
+        for alias in entry.aliases:
+            owners = [other for other in names.get(alias.casefold(), []) if other.path != entry.path]
+            if owners:
+                found.append(f"LoRA file '{entry.path.name}' has the alias {alias!r} (from its metadata), which is "
+                             f"also the name of '{owners[0].path.name}': <lora:{alias}> means that file; write "
+                             f"<lora:{entry.name}> for this one")
+    return found
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
+
+
+def _utf8(name: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unchanged(entry: LoraEntry) -> bool:
+    """The file is still there, as it was when the folders were scanned."""
+    try:
+        return not entry.stamp or file_stamp(entry.path.stat()) == entry.stamp
+    except OSError:
+        return False
 
 
 class LoraLibrary:
@@ -186,26 +245,43 @@ class LoraLibrary:
         self.cache = LoadCache(max_items=cache_items, max_bytes=cache_bytes)
         self._entries: list[LoraEntry] | None = None
         self._tables: tuple[list[dict[str, list[LoraEntry]]], ...] = ([], [])
-        self._metadata_cache: dict[str, tuple[tuple[int, int], dict[str, str]]] = {}
+        self._metadata_cache: dict[str, tuple[tuple[int, ...], dict[str, str]]] = {}
         self._infos: dict[tuple, LoraInfo] = {}
         self._lock = threading.RLock()
+        self.warnings: tuple[str, ...] = ()   # what the last scan found wrong (unreadable folders, names)
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """The folders, resolved: every file read must lie inside one of them."""
+        return tuple(folder.resolve() for folder in self.folders)
 
     # -- scanning -----------------------------------------------------------------------------
     def entries(self, refresh: bool = False) -> list[LoraEntry]:
         """Every ``.safetensors`` (and refused pickle) file under the folders, sorted by folder then name."""
         with self._lock:
             if self._entries is None or refresh:
-                self._entries = [entry for folder in self.folders for entry in self._scan(folder)]
-                self._tables = (lookup_tables([e for e in self._entries if e.refused is None]),
-                                lookup_tables([e for e in self._entries if e.refused]))
+                problems: list[str] = []
+                self._entries = [entry for folder in self.folders for entry in self._scan(folder, problems)]
+                usable = [e for e in self._entries if e.refused is None]
+                self._tables = (lookup_tables(usable), lookup_tables([e for e in self._entries if e.refused]))
+                problems += alias_warnings(usable)
+                for text in problems:
+                    if text not in self.warnings:
+                        warnings.warn(text, stacklevel=3)
+                self.warnings = tuple(problems)
             return list(self._entries)
 
-    def _scan(self, folder: Path) -> list[LoraEntry]:
+    def _scan(self, folder: Path, problems: list[str]) -> list[LoraEntry]:
         if not folder.is_dir():
             return []
-        roots = [root.resolve() for root in self.folders if root.is_dir()]
+        roots = tuple(root.resolve() for root in self.folders if root.is_dir())
+
+        def unreadable(error: OSError) -> None:
+            problems.append(f"cannot read the LoRA folder '{error.filename}' ({error.strerror or error}); the LoRAs "
+                            "in it are not listed. Check its permissions.")
+
         found = []
-        for directory, subdirs, files in os.walk(folder, followlinks=False):
+        for directory, subdirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
             subdirs.sort()
             for file_name in sorted(files):
                 suffix = Path(file_name).suffix.lower()
@@ -215,7 +291,7 @@ class LoraLibrary:
                         found.append(entry)
         return found
 
-    def _entry(self, folder: Path, path: Path, roots: Sequence[Path]) -> LoraEntry | None:
+    def _entry(self, folder: Path, path: Path, roots: tuple[Path, ...]) -> LoraEntry | None:
         try:
             stat = path.stat()
             real = path.resolve()
@@ -223,48 +299,71 @@ class LoraLibrary:
             return None  # dangling symlink or vanished file
         name = path.relative_to(folder).with_suffix("").as_posix()
         refused, aliases = None, ()
-        if not _inside(real, roots):
+        if not _utf8(name):
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            name = os.fsencode(name).decode("utf-8", "replace")
+            refused = (f"LoRA file name '{shown}' in '{folder}' is not valid UTF-8 (it was written on a system with "
+                       "another encoding), so no tag can name it; rename the file.")
+        elif not _inside(real, roots):
             refused = (f"LoRA file '{path}' is a symlink to '{real}', outside the LoRA folders; it is refused. "
                        "Move or copy the file into a LoRA folder instead.")
         elif path.suffix.lower() in PICKLE_SUFFIXES:
             refused = str(pickle_error(path, f"is a {path.suffix} pickle checkpoint"))
         else:
-            metadata = self._metadata(path, stat)
+            metadata = self._metadata(path, stat, roots)
             aliases = tuple(dict.fromkeys(metadata[key].strip() for key in ALIAS_KEYS
                                           if isinstance(metadata.get(key), str) and metadata[key].strip()))
-        return LoraEntry(name, path, folder, aliases, stat.st_size, stat.st_mtime, stat.st_mtime_ns, refused)
+        return LoraEntry(name, path, folder, aliases, stat.st_size, stat.st_mtime, stat.st_mtime_ns, refused,
+                         roots, file_stamp(stat))
 
-    def _metadata(self, path: Path, stat: os.stat_result) -> dict[str, str]:
-        """The file's metadata, re-read only when its size or modification time changed."""
-        stamp = (stat.st_mtime_ns, stat.st_size)
+    def _metadata(self, path: Path, stat: os.stat_result, roots: tuple[Path, ...]) -> dict[str, str]:
+        """The file's metadata, re-read only when it changed (:func:`file_stamp`)."""
+        stamp = file_stamp(stat)
         cached = self._metadata_cache.get(str(path))
         if cached is None or cached[0] != stamp:
             try:
-                metadata = read_metadata(path)
+                metadata = read_metadata(path, roots=roots)
             except LoraFileError:
                 metadata = {}  # listed; loading it reports the problem
             cached = self._metadata_cache[str(path)] = (stamp, metadata)
         return cached[1]
 
     # -- resolving ----------------------------------------------------------------------------
-    def resolve(self, name: str) -> LoraEntry:
-        """The entry a tag name means; rescans once before giving up, so new files are found."""
+    def resolve(self, name: str, *, rescan: bool = True) -> LoraEntry:
+        """The entry a tag name means. Rescans once before giving up (new or renamed files are found), and
+        when the file found changed on disk since the scan (its name or alias may mean another file now);
+        ``rescan=False``: only the last scan, for checks made on every keystroke."""
         wanted = check_name(name)
-        for refresh in (False, True):
+        spellings = dict.fromkeys((wanted, check_name(name, literal_backslash=True)))  # "a\\b": a/b, then a\\b
+        for refresh in ((False, True) if rescan else (False,)):
             self.entries(refresh=refresh)
             usable, unusable = self._tables
-            entry = self._match(name, wanted, usable)
-            if entry is not None:
-                return entry
-            refused = self._match(name, wanted, unusable)
-            if refused is not None:
-                raise LoraFileError(refused.refused or "", path=refused.path)
+            for spelling in spellings:
+                entry = self._match(name, spelling, usable)
+                if entry is not None and (refresh or _unchanged(entry)):
+                    return entry
+                if entry is not None:
+                    break   # changed since the scan: rescan, then look again
+                refused = self._match(name, spelling, unusable)
+                if refused is not None and (refresh or _unchanged(refused)):
+                    raise LoraFileError(refused.refused or "", path=refused.path)
         raise self._unknown(name, wanted, self.entries())
+
+    def tag_name(self, entry: LoraEntry) -> str | None:
+        """The shortest name (its stem, its relative path, an alias) that :meth:`resolve` maps back to
+        ``entry``; None when none does (a file shadowed by the same path in an earlier folder)."""
+        for candidate in dict.fromkeys((entry.stem, entry.name, *entry.aliases)):
+            try:
+                if self.resolve(candidate).path == entry.path:
+                    return candidate
+            except LoraError:
+                continue
+        return None
 
     @staticmethod
     def _match(name: str, wanted: str, tables: list[dict[str, list[LoraEntry]]]) -> LoraEntry | None:
-        for number, table in enumerate(tables):
-            found = table.get(wanted.casefold() if number >= len(_RULES) else wanted, [])
+        for (_, fold), table in zip(_RULES, tables):
+            found = table.get(wanted.casefold() if fold else wanted, [])
             hits = {entry.name: entry for entry in reversed(found)}  # a later folder's same path is shadowed
             if len(hits) == 1:
                 return next(iter(hits.values()))
@@ -286,6 +385,7 @@ class LoraLibrary:
         folders = ", ".join(f"'{folder}'" for folder in self.folders) or "(no folders configured)"
         hint = (" Closest names: " + ", ".join(repr(s) for s in suggestions) + "." if suggestions
                 else f" {len(entries)} LoRA files are there.")
+        hint += "".join(f" {text}" for text in self.warnings if text.startswith("cannot read the LoRA folder"))
         missing = [folder for folder in self.folders if not folder.is_dir()]
         if missing:  # a mistyped folder setting, not a mistyped name
             hint += (" Not a folder (missing?): " + ", ".join(f"'{folder}'" for folder in missing)
@@ -314,11 +414,11 @@ class LoraLibrary:
             raise LoraFileError(f"LoRA file '{entry.path}' cannot be read: {error.strerror or error}; "
                                 "it may have been moved or deleted since the folders were scanned.",
                                 path=entry.path) from error
-        key = (*stamp, stat.st_mtime_ns, stat.st_size)
+        key = (*stamp, file_stamp(stat))
         with self._lock:
             if key not in self._infos:
                 self._infos = {k: v for k, v in self._infos.items() if k[0] != entry.path}
-                self._infos[key] = read_info(entry.path)
+                self._infos[key] = read_info(entry.path, roots=self.roots)
             return self._infos[key]
 
     def load(self, entry_or_name: LoraEntry | str, tree):

@@ -9,7 +9,8 @@ whole or fails with a named error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from .adapters.base import Adapter
 from .adapters.registry import build_adapter, sliced
 from .errors import ArchitectureMismatchError, LoraFileError, LoraShapeError
 from .formats import pick_dialect
-from .formats.base import ModuleParams
+from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
 from .keymaps.blockids import block_of
 from .keymaps.detect import detect_architecture
@@ -26,6 +27,9 @@ from .keymaps.tree import ModelTree
 from .targets import LoadedLora, ModulePatch, ModuleTarget
 
 DISPLAY_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX.1"}
+#: |value| of a factor above which a LoRA is loaded with a warning: trained factors stay far below 1, and
+#: one this large saturates half-precision weights (65,504) at any usual weight.
+LARGE_VALUE = 1e4
 
 
 def display_name(architecture: str) -> str:
@@ -38,13 +42,34 @@ def _a(architecture: str) -> str:
     return f"{'an' if shown[:1].upper() in 'AEFHILMNORSX' and not shown.startswith('FLUX') else 'a'} {shown}"
 
 
-def _read(source: Path | str | Mapping[str, torch.Tensor]) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
+def _read(source: Path | str | Mapping[str, torch.Tensor],
+          roots: Sequence[Path] | None) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
     if isinstance(source, Mapping):
         return None, dict(source), {}
     from .io import load_state_dict, read_header
 
     path = Path(source)
-    return path, load_state_dict(path), dict(read_header(path).metadata)
+    return path, load_state_dict(path, roots=roots), dict(read_header(path, roots=roots).metadata)
+
+
+def large_values(state_dict: Mapping[str, torch.Tensor], name: str) -> tuple[str, ...]:
+    """A warning naming the tensor with the largest |value| when it passes :data:`LARGE_VALUE` (alphas aside).
+    One norm over every factor first (max |x| <= the norm): a usual file costs a single pass."""
+    factors = {k: t for k, t in state_dict.items() if not k.endswith("alpha") and t.is_floating_point() and t.numel()}
+    if not factors:
+        return ()
+    try:
+        bound = float(torch.nn.utils.get_total_norm(list(factors.values()), error_if_nonfinite=False))
+    except (AttributeError, RuntimeError, TypeError):   # torch < 2.6, or dtypes without a norm
+        bound = float("inf")
+    if bound <= LARGE_VALUE:
+        return ()
+    peaks = {key: float(tensor.detach().abs().max().float()) for key, tensor in factors.items()}
+    key = max(peaks, key=peaks.__getitem__)
+    if peaks[key] <= LARGE_VALUE:
+        return ()
+    return (f"LoRA '{name}': tensor '{key}' holds values up to {peaks[key]:.3g} (above {LARGE_VALUE:,.0f}); trained "
+            "LoRA factors are far smaller, so this file will likely ruin the image. Check it, or re-download it.",)
 
 
 def check_architecture(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], tree: ModelTree,
@@ -99,14 +124,45 @@ def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) 
     return ModulePatch(ModuleTarget(target.component, target.module, block), adapter, params.source_keys)
 
 
-def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
-              metadata: Mapping[str, str] | None = None, name: str | None = None) -> LoadedLora:
-    """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
+@dataclass(frozen=True)
+class Misfit:
+    """A module whose weight shape the LoRA's tensors do not fit."""
 
-    ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
-    (default: the file stem).
-    """
-    path, state_dict, file_metadata = _read(source)
+    target: str                   # "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
+    model_shape: tuple[int, ...]
+    file_shapes: str              # "lora_down.weight (4, 32), lora_up.weight (32, 4)"
+
+
+@dataclass(frozen=True)
+class ShapeFit:
+    """How a LoRA's modules fit a tree's shapes (``inspect`` counts them instead of stopping at the first)."""
+
+    format: str
+    keys: int                     # keys in the file
+    named_keys: int               # keys that name a module of the tree
+    modules: int                  # modules they name
+    misfits: tuple[Misfit, ...]   # the modules whose shapes do not fit
+    unmatched: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read and its keys grouped per module (what :func:`load_lora` and :func:`shape_fit` share)."""
+
+    path: Path | None
+    name: str
+    keys: int
+    metadata: dict[str, str]
+    format: str
+    grouped: Grouped              # .modules (ModuleParams) and .unmatched keys
+    warnings: tuple[str, ...]     # loadable but suspicious values (large_values)
+
+
+def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
+             name: str | None, roots: Sequence[Path] | None = None) -> _Read:
+    """Read (inside ``roots`` when given), refuse another architecture, pick the key dialect and group the keys
+    per module."""
+    path, state_dict, file_metadata = _read(source, roots)
     metadata = {**file_metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
     if not state_dict:
@@ -114,14 +170,44 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
     check_architecture({k: tuple(v.shape) for k, v in state_dict.items()}, metadata, tree, name=name, path=path)
     dialect = pick_dialect(state_dict.keys(), name=name)
     try:
-        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata)
+        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata, f"LoRA '{name}'")
     except LoraFileError as err:
         raise type(err)(f"LoRA '{name}': {err}", path=path) from err
+    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped, large_values(state_dict, name))
+
+
+def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *, name: str | None = None) -> ShapeFit:
+    """Like :func:`load_lora`, but every module is checked and the misfits are counted, not raised."""
+    read = _grouped(source, tree, None, name)
+    misfits = []
+    for params in read.grouped.modules:
+        try:
+            _patch(params, tree, read.name, read.path)
+        except LoraShapeError:
+            info = tree.get(params.target.component, params.target.module)
+            misfits.append(Misfit(f"{params.target.component}.{params.target.module}",
+                                  info.weight_shape if info else (), _shapes_of(params)))
+    modules = read.grouped.modules
+    return ShapeFit(format=read.format, keys=read.keys, named_keys=sum(len(p.source_keys) for p in modules),
+                    modules=len(modules), misfits=tuple(misfits), unmatched=tuple(read.grouped.unmatched))
+
+
+def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
+              metadata: Mapping[str, str] | None = None, name: str | None = None,
+              roots: Sequence[Path] | None = None) -> LoadedLora:
+    """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
+
+    ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
+    (default: the file stem); ``roots``: the LoRA folders the file must lie in when it is read.
+    """
+    read = _grouped(source, tree, metadata, name, roots)
+    path, name, grouped = read.path, read.name, read.grouped
     patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
     if not patches:
         sample = ", ".join(grouped.unmatched[:3])
-        raise LoraFileError(f"LoRA '{name}' ({dialect.name} keys): none of its {len(state_dict)} keys maps onto "
+        raise LoraFileError(f"LoRA '{name}' ({read.format} keys): none of its {read.keys} keys maps onto "
                             f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
                             "it was made for another model.", path=path)
-    return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=dialect.name,
-                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=metadata)
+    return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=read.format,
+                      patches=patches, unmatched=tuple(grouped.unmatched), metadata=read.metadata,
+                      warnings=read.warnings)

@@ -1,9 +1,11 @@
 """What a LoRA file says about itself: architecture, rank/alpha, trainer, trigger words, preview.
 
-Trigger words are gathered in order of trust, first source first, duplicates dropped:
-A1111 sidecar ``NAME.json`` "activation text" > Civitai ``NAME.civitai.info`` ``trainedWords`` >
-``NAME.json`` ``trainedWords`` > ``modelspec.trigger_phrase`` > ``ss_tag_frequency`` (dataset folder
-names without their ``N_`` repeat prefix, then the most frequent caption tags).
+Trigger words come from the first of these sources that has any (:data:`TRIGGER_SOURCES`): the user's
+A1111 "activation text" (``NAME.json``) > the publisher's words: Civitai ``NAME.civitai.info`` ``trainedWords``,
+``NAME.json`` ``trainedWords``, the file's ``modelspec.trigger_phrase`` > kohya dataset folder names from
+``ss_tag_frequency`` (``10_zxc`` -> ``zxc``), except a folder named like the LoRA itself (file name or
+``ss_output_name``) or a bare repeat count: those name the data set, not a word the LoRA learned > none.
+Caption tags in ``ss_tag_frequency`` are *dataset tags* (``LoraInfo.tag_frequency``), never trigger words.
 Sidecars that are not valid JSON are ignored with a warning.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -24,11 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LoraFileError
-from .io import SafetensorsHeader, read_header, read_tensors
+from .io import INVALID, Roots, SafetensorsHeader, is_inside, parse_json, read_header, read_tensors
 
 PREVIEW_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-TOP_CAPTION_TAGS = 10  # caption tags from ss_tag_frequency offered as trigger words
+TOP_CAPTION_TAGS = 10  # the most frequent dataset tags, where a summary is shown
+TRIGGER_SOURCES = ("activation text", "Civitai trainedWords", "NAME.json trainedWords", "trigger phrase",
+                   "dataset folder name")
 A1111_KEYS = ("description", "sd version", "activation text", "preferred weight", "negative text", "notes")
+_SHORT_TEXT = 80   # characters of an unreadable metadata value shown as is
+# A1111's "Preferred weight" slider runs from 0 to 2; 0 means "not set" (the weight in the tag is then 1).
+PREFERRED_WEIGHT_RANGE = (0.0, 2.0)
 _REPEAT_PREFIX = re.compile(r"^\d+_")
 _ARCH_HINTS = (("flux", "flux"), ("xl", "sdxl"), ("sd_v2", "sd2"), ("v2", "sd2"), ("sd2", "sd2"),
                ("sd_v1", "sd15"), ("v1", "sd15"), ("sd1", "sd15"))
@@ -47,6 +56,7 @@ class LoraInfo:
     trainer: str | None = None
     base_model: str | None = None
     trigger_words: tuple[str, ...] = ()
+    trigger_source: str = ""      # which of TRIGGER_SOURCES the words came from; "" when there are none
     preferred_weight: float | None = None
     negative_text: str = ""
     notes: str = ""
@@ -64,8 +74,12 @@ def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.stem + suffix)
 
 
-def read_json_sidecar(path: Path) -> dict[str, Any]:
-    """A sidecar's JSON object; ``{}`` when absent, with a warning when malformed."""
+def read_json_sidecar(path: Path, roots: Roots = None) -> dict[str, Any]:
+    """A sidecar's JSON object; ``{}`` when absent, with a warning when malformed or (``roots`` given)
+    when it leads outside the LoRA folders."""
+    if roots is not None and os.path.lexists(path) and not is_inside(path, roots):
+        warnings.warn(f"ignoring LoRA sidecar '{path}': it leads outside the LoRA folders", stacklevel=2)
+        return {}
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -73,10 +87,8 @@ def read_json_sidecar(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         warnings.warn(f"ignoring unreadable LoRA sidecar '{path}': {error}", stacklevel=2)
         return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        warnings.warn(f"ignoring LoRA sidecar '{path}': not valid JSON ({error})", stacklevel=2)
+    data = parse_json(text, what=f"LoRA sidecar '{path}'")
+    if data is INVALID:
         return {}
     if not isinstance(data, dict):
         warnings.warn(f"ignoring LoRA sidecar '{path}': expected a JSON object", stacklevel=2)
@@ -102,15 +114,11 @@ def dedupe(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def parse_tag_frequency(raw: str | None) -> tuple[list[str], dict[str, int]]:
+def parse_tag_frequency(raw: str | None, source: str = "the file") -> tuple[list[str], dict[str, int]]:
     """``ss_tag_frequency`` -> (dataset folder names without ``N_``, caption tag -> total count)."""
     if not raw:
         return [], {}
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
-        warnings.warn("ignoring malformed ss_tag_frequency metadata", stacklevel=2)
-        return [], {}
+    data = parse_json(raw, what=f"the ss_tag_frequency metadata of {source}")
     if not isinstance(data, dict):
         return [], {}
     folders, counts = [], Counter()
@@ -131,11 +139,16 @@ def top_tags(counts: Mapping[str, int], limit: int = TOP_CAPTION_TAGS) -> list[s
     return [tag for tag, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]]
 
 
-def find_preview(path: Path) -> Path | None:
-    """``NAME.preview.png``, ``NAME.png``, then the same for jpg, jpeg and webp."""
+def find_preview(path: Path, roots: Roots = None) -> Path | None:
+    """``NAME.preview.png``, ``NAME.png``, then the same for jpg, jpeg and webp; one leading outside
+    ``roots`` (a symlink out of the LoRA folders) is skipped with a warning."""
     for extension in PREVIEW_EXTENSIONS:
         for candidate in (sidecar(path, ".preview" + extension), sidecar(path, extension)):
             if candidate.is_file():
+                if roots is not None and not is_inside(candidate, roots):
+                    warnings.warn(f"ignoring preview '{candidate}': it leads outside the LoRA folders",
+                                  stacklevel=2)
+                    continue
                 return candidate
     return None
 
@@ -241,7 +254,7 @@ def _float(value: object) -> float | None:
     return number if number == number and abs(number) != float("inf") else None
 
 
-def guess_alpha(path: Path, header: SafetensorsHeader) -> float | None:
+def guess_alpha(path: Path, header: SafetensorsHeader, roots: Roots = None) -> float | None:
     """``ss_network_alpha``, else the most common ``alpha`` tensor value (scalars read lazily)."""
     alpha = _float(header.metadata.get("ss_network_alpha"))
     if alpha is not None:
@@ -250,23 +263,24 @@ def guess_alpha(path: Path, header: SafetensorsHeader) -> float | None:
     if not keys:
         return None
     try:
-        found = (_float(t.float().reshape(-1)[0]) for t in read_tensors(path, keys).values() if t.numel())
+        found = (_float(t.float().reshape(-1)[0]) for t in read_tensors(path, keys, roots=roots).values() if t.numel())
         values = Counter(round(value, 6) for value in found if value is not None)
     except LoraFileError:
         return None
     return values.most_common(1)[0][0] if values else None
 
 
-def guess_trainer(metadata: Mapping[str, str]) -> str | None:
+def guess_trainer(metadata: Mapping[str, str], source: str = "the file") -> str | None:
     """Which tool wrote the file, from the metadata it leaves behind."""
     software = metadata.get("software")
     if software:
-        try:
-            parsed = json.loads(software)
-            if isinstance(parsed, dict) and parsed.get("name"):
-                return str(parsed["name"])
-        except json.JSONDecodeError:
-            return software
+        if not software.lstrip().startswith(("{", "[")):
+            return software   # a plain name, not JSON
+        parsed = parse_json(software, what=f"the software metadata of {source}")
+        if isinstance(parsed, dict) and parsed.get("name"):
+            return str(parsed["name"])
+        if parsed is INVALID:
+            return software[:_SHORT_TEXT]
     if any(key.startswith("ss_") for key in metadata):
         return "kohya-ss/sd-scripts"
     if "ot_branch" in metadata or "ot_revision" in metadata:
@@ -316,26 +330,36 @@ def _user_texts(user: Mapping[str, Any]) -> dict[str, Any]:
             "preferred_weight": weight if weight else None}  # A1111 stores 0 for "not set"
 
 
+def _plain_name(text: str) -> str:
+    """``My_Style-v2`` and ``my style v2`` compare equal: case, ``_``, ``-`` and spaces ignored."""
+    return re.sub(r"[\s_\-]+", " ", text).strip().casefold()
+
+
 def trigger_words(path: Path, header: SafetensorsHeader, user: Mapping[str, Any],
-                  tag_folders: list[str], tag_counts: Mapping[str, int]) -> tuple[str, ...]:
-    """Every source in order of trust, deduplicated (see the module docstring)."""
-    civitai = read_json_sidecar(sidecar(path, ".civitai.info"))
-    words = [*split_words(user.get("activation text")), *split_words(civitai.get("trainedWords")),
-             *split_words(user.get("trainedWords")), *split_words(header.metadata.get("modelspec.trigger_phrase")),
-             *tag_folders, *top_tags(tag_counts)]
-    return dedupe(words)
+                  tag_folders: list[str], roots: Roots = None) -> tuple[tuple[str, ...], str]:
+    """(words, source): the words of the first source in :data:`TRIGGER_SOURCES` that has any, deduplicated
+    (see the module docstring); ``((), "")`` when none does."""
+    civitai = read_json_sidecar(sidecar(path, ".civitai.info"), roots)
+    own = {_plain_name(path.stem), _plain_name(str(header.metadata.get("ss_output_name") or ""))}
+    folders = [name for name in tag_folders if _plain_name(name) not in own and not name.strip().isdigit()]
+    found = zip(TRIGGER_SOURCES, (split_words(user.get("activation text")), split_words(civitai.get("trainedWords")),
+                                  split_words(user.get("trainedWords")),
+                                  split_words(header.metadata.get("modelspec.trigger_phrase")), folders))
+    return next(((dedupe(words), source) for source, words in found if words), ((), ""))
 
 
 def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
-              thumbnail_dir: Path | None = None) -> LoraInfo:
+              thumbnail_dir: Path | None = None, roots: Roots = None) -> LoraInfo:
     """Everything :class:`LoraInfo` holds for one safetensors file: its header, its sidecars and its
-    ``alpha`` scalars; no weight tensor is loaded."""
+    ``alpha`` scalars; no weight tensor is loaded. With ``roots`` (the LoRA folders) every file read
+    must lie inside them when it is read (a file swapped for a symlink out of them is refused)."""
     path = Path(path)
-    header = header or read_header(path)
-    user = read_json_sidecar(sidecar(path, ".json"))
+    header = header or read_header(path, roots=roots)
+    user = read_json_sidecar(sidecar(path, ".json"), roots)
     texts = _user_texts(user)
-    tag_folders, tag_counts = parse_tag_frequency(header.metadata.get("ss_tag_frequency"))
-    preview = find_preview(path)
+    tag_folders, tag_counts = parse_tag_frequency(header.metadata.get("ss_tag_frequency"), f"'{path}'")
+    words, source = trigger_words(path, header, user, tag_folders, roots)
+    preview = find_preview(path, roots)
     if preview is None and header.metadata.get("modelspec.thumbnail"):
         preview = thumbnail_file(header.metadata["modelspec.thumbnail"], thumbnail_dir)
     base_model = (header.metadata.get("ss_sd_model_name") or header.metadata.get("modelspec.architecture")
@@ -343,8 +367,8 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
     return LoraInfo(
         path=path, architecture=detect(header, texts["sd_version"]), format=detect_format(header.shapes),
         adapter_types=guess_adapter_types(header.shapes), rank=guess_rank(header.shapes),
-        alpha=guess_alpha(path, header), trainer=guess_trainer(header.metadata), base_model=base_model,
-        trigger_words=trigger_words(path, header, user, tag_folders, tag_counts), preview=preview,
+        alpha=guess_alpha(path, header, roots), trainer=guess_trainer(header.metadata, f"'{path}'"),
+        base_model=base_model, trigger_words=words, trigger_source=source, preview=preview,
         tag_frequency=tag_counts, metadata=dict(header.metadata), tensor_count=len(header.shapes), **texts)
 
 
@@ -360,6 +384,54 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@functools.lru_cache(maxsize=1024)
+def _addnet_hash(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The hash A1111 shows for a LoRA: the file's ``sshs_model_hash`` when it is a well-formed sha256 (kohya
+    writes it), else the sha256 of the tensor data after the safetensors header ("addnet" hash), so editing
+    metadata does not change it. Cached per file size and mtime."""
+    path = Path(path)
+    given = str((metadata or {}).get("sshs_model_hash", "")).strip().lower()
+    if _HEX64.match(given):
+        return given
+    stat = path.stat()
+    return _addnet_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def short_hash(path: str | Path, metadata: Mapping[str, str] | None = None) -> str:
+    """The first 12 hex digits of :func:`model_hash`: what A1111 writes in ``Lora hashes`` and looks LoRAs up by."""
+    if metadata is None:
+        metadata = read_header(path).metadata
+    return model_hash(path, metadata)[:12]
+
+
+def parse_preferred_weight(value: str | float | int | None) -> float:
+    """A preferred weight typed by a user, checked: a finite number in :data:`PREFERRED_WEIGHT_RANGE`
+    (empty = 0 = unset). Raises :class:`ValueError` with a message for the user otherwise."""
+    low, high = PREFERRED_WEIGHT_RANGE
+    text = "" if value is None else str(value).strip()
+    try:
+        weight = float(text) if text else 0.0
+    except ValueError:
+        weight = math.nan
+    if isinstance(value, bool) or not (math.isfinite(weight) and low <= weight <= high):
+        raise ValueError(f"preferred weight must be a number from {low:g} to {high:g} (0 or empty = not set, "
+                         f"as in A1111), not {text!r}; nothing was saved.")
+    return weight
+
+
 def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = None,
                        preferred_weight: float | None = None, negative_text: str | None = None,
                        notes: str | None = None, description: str | None = None,
@@ -367,14 +439,22 @@ def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = N
     """Create or update the A1111 sidecar ``NAME.json``; arguments left ``None`` keep their stored value,
     and keys this function does not know are kept. Returns the sidecar's path."""
     lora_path = Path(lora_path)
+    if preferred_weight is not None:
+        preferred_weight = parse_preferred_weight(preferred_weight)
     target = sidecar(lora_path, ".json")
     data: dict[str, Any] = {}
     if target.exists():
         try:
-            data = json.loads(target.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise LoraFileError(f"cannot update '{target}': it is not valid JSON ({error}); fix or delete it "
+            text = target.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise LoraFileError(f"cannot update '{target}': it cannot be read ({error}); fix or delete it "
                                 "first, so its contents are not lost.", path=target) from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the error below says it
+            data = parse_json(text, what=f"'{target}'")
+        if data is INVALID:
+            raise LoraFileError(f"cannot update '{target}': it is not valid JSON (or nested too deeply to "
+                                "read); fix or delete it first, so its contents are not lost.", path=target)
         if not isinstance(data, dict):
             raise LoraFileError(f"cannot update '{target}': it holds no JSON object; fix or delete it.",
                                 path=target)
@@ -384,7 +464,12 @@ def save_user_metadata(lora_path: str | Path, *, activation_text: str | None = N
     data.update({key: value for key, value in updates.items() if value is not None})
     data.update(extra or {})
     try:
-        _atomic_write(target, (json.dumps(data, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
+        text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+    except (RecursionError, ValueError, TypeError) as error:
+        raise LoraFileError(f"cannot update '{target}': a value is nested too deeply or is not JSON "
+                            f"({type(error).__name__}); fix or delete the file first.", path=target) from error
+    try:
+        _atomic_write(target, text.encode("utf-8"))
     except OSError as error:
         raise LoraFileError(f"cannot write '{target}': {error}", path=target) from error
     return target

@@ -336,7 +336,8 @@ class Patcher:
             device = slot.module.weight.device
             if device not in rooms:
                 rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
-            room = rooms[device]
+            # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
+            room = rooms[device] and not getattr(slot.module, "in_place_only", False)
             slot.weight = _Owned(slot.module.weight, room)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):

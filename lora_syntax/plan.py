@@ -10,8 +10,8 @@ Weight of a LoRA on component c, block b, step s (docs/syntax.md):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from operator import add
 from typing import NamedTuple, Union
@@ -20,7 +20,7 @@ from . import blocks
 from .errors import LoraSyntaxError
 from .schedule import change_steps, peak, resolve
 from .syntax.format import format_keyframe
-from .syntax.model import BlockWeights, LoraTag, ParsedPrompt, Schedule
+from .syntax.model import BlockWeights, Keyframe, LoraTag, ParsedPrompt, Schedule
 from .syntax.parser import parse
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -89,7 +89,7 @@ def _group_scale(mults: dict[str, float], covered: tuple[str, ...]) -> dict[str,
 def _lbw_warning(tag: LoraTag, architecture: str | None) -> str:
     count = len(tag.lbw.values) if tag.lbw else 0
     valid = ", ".join(str(len(blocks.LBW_FORMS[f])) for f in blocks.ARCH_FORMS.get(architecture or "", ()))
-    return (f"{tag.text}: lbw has {count} values, which fits no {architecture} form ({valid} values); "
+    return (f"{short_tag(tag.text)}: lbw has {count} values, which fits no {architecture} form ({valid} values); "
             f"block weights ignored")
 
 
@@ -278,21 +278,56 @@ def _in_order(schedule: Schedule, steps: int) -> bool:
 
 
 def _schedule_notes(schedule: Schedule, label: str, steps: int) -> Iterator[str]:
-    """A step keyframe past the end (it never applies), and a keyframe that resolves to a step not after the
-    previous one (keyframes apply in step order, the one written last winning a shared step)."""
+    """Step keyframes past the end (they never apply), and keyframes that resolve to a step not after the
+    previous one (keyframes apply in step order, the one written last winning a shared step): one note per
+    kind, naming the first few and counting the rest, so the text stays short whatever the tag holds."""
     previous, before = 0, None  # the previous keyframe's step, and the keyframe (None: none yet)
+    late: list[str] = []
+    unordered: list[tuple[Keyframe, int, Keyframe, int]] = []
     for frame in schedule.keyframes:
         start = frame.start_step(steps)
         if frame.unit == "step" and start > steps:
-            yield (f"{label} keyframe @{int(frame.at)} is after the last step ({steps}): it never applies; "
-                   f"use a step from 1 to {steps} or a fraction (1.0 = the last step)")
+            late.append(f"@{int(frame.at)}")
         elif before is not None and start <= previous:
-            effect = ("both start there and the one written last wins" if start == previous else
-                      "keyframes apply in step order, so it comes before that one")
-            yield (f"{label} keyframe {format_keyframe(frame)} resolves to step {start} with {steps} steps, not "
-                   f"after the previous keyframe {format_keyframe(before)} (step {previous}): {effect}; write "
-                   f"keyframes in step order")
+            unordered.append((frame, start, before, previous))
         previous, before = start, frame
+    if late:
+        what = (f"keyframe {late[0]} is" if len(late) == 1 else f"keyframes {_some(late)} are")
+        yield (f"{label} {what} after the last step ({steps}): {'it never applies' if len(late) == 1 else 'they never apply'}; "
+               f"use a step from 1 to {steps} or a fraction (1.0 = the last step)")
+    if unordered:
+        frame, start, before, previous = unordered[0]
+        effect = ("both start there and the one written last wins" if start == previous else
+                  "keyframes apply in step order, so it comes before that one")
+        more = f" ({len(unordered) - 1} more keyframes like it)" if len(unordered) > 1 else ""
+        yield (f"{label} keyframe {format_keyframe(frame)} resolves to step {start} with {steps} steps, not "
+               f"after the previous keyframe {format_keyframe(before)} (step {previous}): {effect}{more}; write "
+               f"keyframes in step order")
+
+
+#: Items a warning lists before it counts the rest, and characters of a tag quoted in a warning.
+LISTED = 5
+QUOTED_TAG = 80
+
+
+def _some(items: list[str]) -> str:
+    """``@21, @22, @23, @24, @25 and 2,975 more`` (every item when there are few)."""
+    if len(items) <= LISTED:
+        return ", ".join(items)
+    return f"{', '.join(items[:LISTED])} and {len(items) - LISTED:,} more"
+
+
+def short_tag(text: str) -> str:
+    """A tag as quoted in a warning: whole when short, else its start and its end around an ellipsis."""
+    if len(text) <= QUOTED_TAG:
+        return text
+    return f"{text[:QUOTED_TAG - 20]}…{text[-15:]} ({len(text):,} characters)"
+
+
+def collapse(warnings: list[str]) -> tuple[str, ...]:
+    """Each distinct warning once, in first-seen order, with a count when it was repeated."""
+    counts = Counter(warnings)
+    return tuple(text if counts[text] == 1 else f"{text} ({counts[text]} times)" for text in counts)
 
 
 def _schedule_facts(schedules: dict[str, Schedule], live: list[str],
@@ -359,7 +394,7 @@ def _stack_entry(group: str, schedule: Schedule, top: float, steps: int, lbw: _L
 def plan_tag(tag: LoraTag, steps: int, architecture: str | None = None) -> tuple[LoraPlan, str | None]:
     """The plan of one tag, and a warning about its lbw (or None)."""
     plan, warnings = _plan_tag(tag, steps, architecture)
-    return plan, next((w for w in warnings if w.startswith(f"{tag.text}: lbw")), None)
+    return plan, next((w for w in warnings if w.startswith(f"{short_tag(tag.text)}: lbw")), None)
 
 
 def _plan_tag(tag: LoraTag, steps: int, architecture: str | None) -> tuple[LoraPlan, tuple[str, ...]]:
@@ -374,7 +409,7 @@ def _plan_tag(tag: LoraTag, steps: int, architecture: str | None) -> tuple[LoraP
 def _tag_warnings(tag: LoraTag, core: _Core, architecture: str | None) -> tuple[str, ...]:
     """The lbw warning and the keyframe notes of one tag, each naming it (its text: equal cores may differ)."""
     warnings = () if core.lbw.fits else (_lbw_warning(tag, architecture),)
-    return warnings + tuple(f"{tag.text}: {note}" for note in core.notes)
+    return warnings + tuple(f"{short_tag(tag.text)}: {note}" for note in core.notes)
 
 
 def _new_plan(*values) -> LoraPlan:
@@ -398,11 +433,48 @@ class Plan:
     warnings: tuple[str, ...] = ()
     architecture: str | None = None
     errors: tuple[LoraSyntaxError, ...] = ()  # bad tags skipped by parse(..., on_error="skip")
+    stack_warnings: tuple[str, ...] = ()       # the part of ``warnings`` about the total strength
+
+    def touching(self, touched: Callable[[LoraPlan], Collection[str]], components: Collection[str] = ()) -> "Plan":
+        """This plan once the files are known: the strength warning counts, for each LoRA, only the
+        components its file has keys for (``touched``: LoRA plan -> component names), and a tag limited to
+        components the model lacks (``components``: the model's) is named (``low`` on a one-transformer model)."""
+        stack = _stack_warnings(self.loras, self.steps, touched)
+        kept = [w for w in self.warnings if w not in self.stack_warnings]
+        missing = absent_component_warnings(self.loras, components) if components else []
+        return replace(self, warnings=collapse(kept + missing + stack), stack_warnings=tuple(stack))
 
 
-def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[float, int]:
+def absent_component_warnings(loras: tuple[LoraPlan, ...], components: Collection[str]) -> list[str]:
+    """A tag whose ``module=``/``high``/``low`` names only text encoders or only denoisers the model does not
+    have applies nothing there, silently: say so."""
+    found = []
+    for lora in loras:
+        if lora.modules is None:
+            continue
+        for kind, names in (("text encoder", TEXT_ENCODERS), ("denoiser", DENOISERS)):
+            asked = lora.modules.intersection(names)
+            if asked and asked.isdisjoint(components):
+                has = ", ".join(c for c in names if c in components) or "none"
+                found.append(f"{short_tag(lora.tag.text)}: this model has no {', '.join(sorted(asked))} (its "
+                             f"{kind}: {has}), so nothing of this LoRA is applied to its {kind}; `low` and "
+                             f"module=transformer_2 are for two-stage models (Wan 2.2)")
+    return found
+
+
+Touched = Callable[[LoraPlan], Collection[str]] | None
+
+
+def _entry(lora: LoraPlan, group: str, touched: Touched) -> _StackEntry:
+    """The lora's stack entry on ``group``; none where its file has no key for that kind of component."""
+    if touched is not None and set(touched(lora)).isdisjoint(TEXT_ENCODERS if group == "te" else DENOISERS):
+        return _NO_STACK
+    return lora._stack[group]
+
+
+def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int, touched: Touched = None) -> tuple[float, int]:
     """(largest total |weight| over the steps, the step it happens at) on one block group."""
-    entries = [lora._stack[group] for lora in loras]
+    entries = [_entry(lora, group, touched) for lora in loras]
     bound = sum(entry.peak for entry in entries)
     if bound <= STACK_WARN_LEVEL:  # cannot exceed the level at any step: skip the per-step sums
         return bound, 1
@@ -417,13 +489,12 @@ def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int) -> tuple[fl
     return base + top, totals.index(top) + 1
 
 
-def _alone(loras: tuple[LoraPlan, ...], groups: list[str]) -> LoraPlan | None:
+def _alone(loras: tuple[LoraPlan, ...], groups: list[str], touched: Touched = None) -> LoraPlan | None:
     """The only LoRA weighing on ``groups``, or None when there are several (stops at the second)."""
     found = None
     for lora in loras:
-        stack = lora._stack
         for group in groups:  # plain loops: this runs on every plan of a strong stack
-            if stack[group].peak > 0:
+            if _entry(lora, group, touched).peak > 0:
                 if found is not None:
                     return None
                 found = lora
@@ -431,20 +502,21 @@ def _alone(loras: tuple[LoraPlan, ...], groups: list[str]) -> LoraPlan | None:
     return found
 
 
-def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int) -> list[str]:
-    """One warning naming every block group whose summed |weight| passes :data:`STACK_WARN_LEVEL`."""
+def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int, touched: Touched = None) -> list[str]:
+    """One warning naming every block group whose summed |weight| passes :data:`STACK_WARN_LEVEL`
+    (``touched``: what each LoRA's file has keys for, once known; see :meth:`Plan.touching`)."""
     over, groups = [], []
     for group in GROUPS:
-        peak, step = _group_peak(loras, group, steps)
+        peak, step = _group_peak(loras, group, steps, touched)
         if peak > STACK_WARN_LEVEL:
             where = "text encoders" if group == "te" else f"denoiser {group} blocks"
             over.append(f"{where} {peak:.2f} at step {step}")
             groups.append(group)
     if not over:
         return []
-    alone = _alone(loras, groups)
+    alone = _alone(loras, groups, touched)
     if alone is not None:  # one LoRA alone: nothing is stacked, it is simply too strong
-        tag = alone.tag.text
+        tag = short_tag(alone.tag.text)
         return [f"{tag}: LoRA strength above {STACK_WARN_LEVEL}: {'; '.join(over)}. One LoRA this strong "
                 f"tends to overcook the image (burnt colours, artefacts): lower its weight"]
     return [f"total LoRA strength above {STACK_WARN_LEVEL}: {'; '.join(over)}. Stacked LoRAs compound "
@@ -456,7 +528,7 @@ def _duplicate_warnings(loras: tuple[LoraPlan, ...]) -> list[str]:
     warnings = []
     for name, count in counts.items():
         if count > 1:
-            texts = ", ".join(l.tag.text for l in loras if l.name.casefold() == name)
+            texts = _some([short_tag(l.tag.text) for l in loras if l.name.casefold() == name])
             warnings.append(f"LoRA '{name}' is used by {count} tags ({texts}); the engine applies the file "
                             f"once with their weights added")
     return warnings
@@ -479,6 +551,8 @@ def build_plan(parsed_or_prompt: ParsedOrPrompt, steps: int, *, architecture: st
         if tag_warnings:
             warnings += tag_warnings
     result = tuple(loras)
-    warnings += _duplicate_warnings(result) + _stack_warnings(result, steps)
+    stack = _stack_warnings(result, steps)
+    warnings += _duplicate_warnings(result) + stack
     points = sorted(set().union(*(lora.change_points for lora in result)))
-    return Plan(parsed.prompt, steps, result, tuple(points), tuple(warnings), architecture, parsed.errors)
+    return Plan(parsed.prompt, steps, result, tuple(points), collapse(warnings), architecture, parsed.errors,
+                tuple(stack))

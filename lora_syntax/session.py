@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from .errors import LoraError
 from .keymaps.tree import TEXT_ENCODERS, ModelTree
 from .patcher import ApplyReport, Patcher
 from .plan import Plan, build_plan
-from .stack import module_stacks, resolve_stack
+from .stack import StackEntry, module_stacks, resolve_stack
 
 
 class LoraSessionBusyError(LoraError):
@@ -194,6 +194,7 @@ class EngineSession:
                 plan = self.plan(prompt, steps)
                 start = time.perf_counter()
                 entries, merge_warnings = resolve_stack(plan, self.library, self.tree)
+                plan = plan.touching(touched_components(entries), self.components)
                 timings.load = time.perf_counter() - start
                 self.patcher.load(module_stacks(entries))
                 report = self.patcher.apply(1)
@@ -239,6 +240,13 @@ class EngineSession:
     def _before_load(self, *_: Any, **__: Any) -> None:
         self.active = None
         self.restore()
+
+
+def touched_components(entries: Sequence[StackEntry]) -> Callable[[Any], frozenset[str]]:
+    """Plan entry -> the components its file has keys for (a LoRA at weight 0 is not loaded: it touches none)."""
+    by_plan = {id(plan): frozenset(p.target.component for p in entry.loaded.patches)
+               for entry in entries for plan in entry.plans}
+    return lambda lora: by_plan.get(id(lora), frozenset())
 
 
 def _tags(run: EngineRun) -> str:

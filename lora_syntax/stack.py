@@ -110,4 +110,6 @@ def resolve_stack(plan, library, tree) -> tuple[tuple[StackEntry, ...], tuple[st
         loaded = library.load(entry, tree)
         check_architecture(loaded, getattr(tree, "architecture", None), lora.name)
         items.append((lora, loaded))
-    return merge_entries(items)
+    entries, warnings = merge_entries(items)
+    found = tuple(dict.fromkeys(w for entry in entries for w in getattr(entry.loaded, "warnings", ())))
+    return entries, found + warnings

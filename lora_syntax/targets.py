@@ -41,6 +41,7 @@ class LoadedLora:
     patches: tuple[ModulePatch, ...]
     unmatched: tuple[str, ...] = ()        # file keys that map to no module of the model
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # usable but suspect (absurd magnitudes)
 
     @property
     def adapter_types(self) -> frozenset[str]:

@@ -23,24 +23,22 @@ except ImportError:
 
 def lora_folders(host_shared: Any) -> list[Path]:
     """The host's LoRA (and LyCORIS) folders: ``--lora-dir``/``--lyco-dir`` or ``models/Lora``."""
-    options = getattr(host_shared, "cmd_opts", None)
-    folders = [getattr(options, key, None) for key in ("lora_dir", "lyco_dir", "lyco_dir_backcompat")]
-    found = [Path(folder) for folder in folders if folder]
-    if not found:
-        models = getattr(host_shared, "models_path", None) or getattr(
-            getattr(host_shared, "paths", None), "models_path", None)
-        if models:
-            found.append(Path(models) / "Lora")
-    return list(dict.fromkeys(found))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from lora_syntax.hosts.webui import lora_folders as folders
+
+    models = getattr(host_shared, "models_path", None) or getattr(
+        getattr(host_shared, "paths", None), "models_path", None)
+    return folders(getattr(host_shared, "cmd_opts", None), models)
 
 
 def model_architecture(host_shared: Any) -> str | None:
-    """The loaded checkpoint's family, from the flags A1111 1.6+ and SD.Next set on ``sd_model``."""
-    model = getattr(host_shared, "sd_model", None)
-    for flag, name in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd15")):
-        if getattr(model, flag, False):
-            return name
-    return None
+    """The loaded model's family, read without loading one (see ``lora_syntax.hosts.webui``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from lora_syntax.hosts.webui import model_architecture as architecture
+
+    return architecture(host_shared)
 
 
 def build_tab(host_shared: Any) -> list[tuple[Any, str, str]]:

@@ -18,7 +18,7 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 def make_lora(folder: Path, name: str, *, rank: int = 4, width: int = 32, base: str = "sd_v1",
               words: str | None = None,
               tags: dict[str, int] | None = None, preview: tuple[int, int, int] | None = None,
-              output_name: str | None = None, user: dict | None = None) -> Path:
+              output_name: str | None = None, user: dict | None = None, trigger: str | None = None) -> Path:
     """Write ``folder/name.safetensors``: a kohya LoRA on one attention projection (``width`` 32 fits the
     tiny SD1.5 pipeline), with kohya metadata, an optional A1111 sidecar ``NAME.json`` and an optional
     solid-colour ``NAME.preview.png``."""
@@ -34,6 +34,8 @@ def make_lora(folder: Path, name: str, *, rank: int = 4, width: int = 32, base: 
                 "ss_tag_frequency": json.dumps(frequency)}
     if output_name:
         metadata["ss_output_name"] = output_name
+    if trigger is not None:
+        metadata["modelspec.trigger_phrase"] = trigger
     save_file(tensors, str(path), metadata=metadata)
     if user is not None:
         path.with_suffix(".json").write_text(json.dumps(user), encoding="utf-8")
@@ -46,8 +48,9 @@ def make_lora(folder: Path, name: str, *, rank: int = 4, width: int = 32, base: 
 
 def sample_library(folder: Path) -> Path:
     """A folder like a user's: sub-folders, previews, a sidecar, an SDXL LoRA and a hostile file name."""
+    # inkwash's dataset folder is its own name (not a trigger word); its trigger phrase says "inkwash"
     make_lora(folder, "inkwash", words="inkwash", tags={"inkwash": 20, "mountain": 7}, preview=(30, 30, 30),
-              user={"activation text": "", "preferred weight": 0.8})
+              user={"activation text": "", "preferred weight": 0.8}, trigger="inkwash")
     make_lora(folder / "styles", "watercolor", words="wcstyle", tags={"wcstyle": 12, "flower": 3},
               preview=(70, 130, 200))
     make_lora(folder / "styles", "pixel art", words="pixelart", tags={"pixelart": 9})

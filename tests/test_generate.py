@@ -37,14 +37,19 @@ def test_generate_command_writes_png_with_infotext_and_timings(model_and_loras, 
     model, loras = model_and_loras
     out = tmp_path / "img.png"
     args = parse("a cat <lora:ink:1@1,0.5@2>", "--model", str(model), "--lora-dir", str(loras), "--steps", "3",
-                 "--seed", "7", "--out", str(out), "--negative", "dog", "--arch", "sd15", "--device", "cpu")
+                 "--seed", "7", "--out", str(out), "--negative", "dog, <lora:ink:0.3>", "--arch", "sd15",
+                 "--device", "cpu")
     assert generate.run(args) == 0
     text = Image.open(out).text["parameters"]
     lines = text.splitlines()
     assert lines[0] == "a cat <lora:ink:1@1,0.5@2>" and lines[1] == "Negative prompt: dog"
     assert "Steps: 3" in lines[2] and "Seed: 7" in lines[2] and "Size: 32x32" in lines[2]
-    assert "ink: te 1@1,0.5@2, unet 1@1,0.5@2" in lines[2]
-    printed = capsys.readouterr().out
+    assert lines[2].endswith('LoRA weights: "<lora:ink:te=1@1,0.5@2:unet=1@1,0.5@2>"')   # plans back (issue 14.11)
+    captured = capsys.readouterr()
+    # issue 14.13: a tag in the negative prompt is removed, not fed to the tokenizer, and the run says so
+    assert ("warning: LoRA tags in the negative prompt are not applied (a LoRA changes the model, not one prompt); "
+            "removed from it: '<lora:ink:0.3>'") in captured.err
+    printed = captured.out
     for label in ("load model", "apply", "re-weight @2", "restore"):
         assert label in printed
 
@@ -66,3 +71,67 @@ def test_lora_effect_is_measurable_and_zero_equals_base(model_and_loras, tmp_pat
 def test_describe_schedule():
     assert generate.describe((0.8, 0.8)) == "0.8"
     assert generate.describe((1.0, 1.0, 0.25, 0.5)) == "1@1,0.25@3,0.5@4"
+
+
+def addnet_hash(path) -> str:
+    """A1111's hash of a safetensors LoRA, written out here independently: sha256 of the bytes after the
+    8-byte length and the JSON header."""
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+
+
+def test_infotext_names_the_sampler_and_the_lora_hashes_like_a1111(model_and_loras, tmp_path, capsys):
+    model, loras = model_and_loras
+    out = tmp_path / "img.png"
+    args = parse("a cat <lora:ink:0.5>", "--model", str(model), "--lora-dir", str(loras), "--steps", "2",
+                 "--out", str(out), "--arch", "sd15", "--device", "cpu")
+    assert generate.run(args) == 0
+    fields = Image.open(out).text["parameters"].splitlines()[-1]
+    scheduler = type(generate.load_pipeline(model, device="cpu").scheduler).__name__
+    assert f"Sampler: {generate.SAMPLER_NAMES[scheduler]}," in fields
+    assert f"Lora hashes: \"ink: {addnet_hash(loras / 'ink.safetensors')[:12]}\"," in fields
+    captured = capsys.readouterr()
+    assert "Loading pipeline components" not in captured.err and "torchvision" not in captured.err
+
+
+@pytest.mark.parametrize(("scheduler", "config", "expected"), [
+    ("DDIMScheduler", {}, "DDIM"), ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE"),
+    ("MyNewScheduler", {}, "MyNew")])
+def test_sampler_names(scheduler, config, expected):
+    stand_in = type(scheduler, (), {"config": config})()
+    assert generate.sampler_name(stand_in) == expected
+
+
+def test_short_hash_prefers_a_wellformed_sshs_model_hash(tmp_path):
+    from lora_syntax.metadata import short_hash
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.ones(3)}, str(path), metadata={"sshs_model_hash": "AB" * 32})
+    assert short_hash(path) == "ab" * 6
+    save_file({"a": torch.ones(3)}, str(path), metadata={"sshs_model_hash": "<img src=x>"})
+    assert short_hash(path) == addnet_hash(path)[:12]
+    save_file({"a": torch.ones(3)}, str(path), metadata={"other": "metadata changes nothing"})
+    assert short_hash(path) == addnet_hash(path)[:12]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_jpeg_and_webp_carry_the_infotext_in_exif(suffix, tmp_path):
+    text = 'a cat\nSteps: 3, Lora hashes: "ink: 0123456789ab"'
+    out = tmp_path / f"img{suffix}"
+    generate.save_image(Image.new("RGB", (8, 8)), out, text)
+    comment = Image.open(out).getexif().get_ifd(generate.EXIF_IFD)[generate.USER_COMMENT]
+    assert comment[:8] == b"UNICODE\0" and comment[8:].decode("utf-16-be") == text
+
+
+def test_out_with_another_suffix_is_refused_before_loading(tmp_path, monkeypatch):
+    from lora_syntax.errors import LoraError
+
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(LoraError, match=r"--out .*x\.gif: cannot write the generation parameters into a '\.gif' file"):
+        generate.run(parse("a cat", "--out", str(tmp_path / "x.gif")))

@@ -55,7 +55,8 @@ def test_json_report_of_a_built_file(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["architecture"] == "sd15" and report["format"] == "kohya"
     assert report["adapter_types"] == ["lora"] and (report["rank"], report["alpha"]) == (4, 2.0)
-    assert report["trigger_words"] == ["ink wash", "inkwash", "monochrome"] and report["preferred_weight"] == 0.8
+    assert report["trigger_words"] == ["ink wash"] and report["trigger_source"] == "activation text"
+    assert report["dataset_tags"] == {"monochrome": 3} and report["preferred_weight"] == 0.8
     assert report["matched"] == 3 and report["modules"] == 1
     assert report["unmatched"] == ["lora_unet_bogus_block.lora_down.weight", "lora_unet_bogus_block.lora_up.weight"]
     assert report["metadata"]["ss_output_name"] == "inky"
@@ -99,7 +100,7 @@ def test_unknown_architecture_asks_for_arch(tmp_path: Path, capsys: pytest.Captu
 
 def test_text_report_and_long_metadata(tmp_path: Path, capsys: pytest.CaptureFixture,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inspect_command, "map_keys", lambda path, arch, count: {
+    monkeypatch.setattr(inspect_command, "map_keys", lambda path, arch, count, **_: {
         "matched": count, "unmatched": [], "modules": 1, "mapping_error": None})
     path = sd15_file(tmp_path, bogus=False)
     path.with_name("inky.preview.png").write_bytes(b"png")
@@ -111,7 +112,8 @@ def test_text_report_and_long_metadata(tmp_path: Path, capsys: pytest.CaptureFix
     status = run_inprocess(path)
     out = capsys.readouterr().out
     assert status == 0
-    assert "architecture:     SD1.5 (detected)" in out and "trigger words:    ink wash, x, t99" in out
+    assert "architecture:     SD1.5 (detected)" in out and "trigger words:    ink wash (from activation text)\n" in out
+    assert "dataset tags:     t99 99, t98 98, t97 97, t96 96, t95 95, t94 94, t93 93, t92 92, t91 91, t90 90\n" in out
     assert "preview:          " + str(path.with_name("inky.preview.png")) in out
     assert "ss_tag_frequency = <" in out and "... 7 more (see --json)" in out
     assert "2 of 2 keys map" in out
@@ -119,7 +121,7 @@ def test_text_report_and_long_metadata(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_metadata_warnings_name_the_file_and_quote_no_source(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inspect_command, "map_keys", lambda path, arch, count: {
+    monkeypatch.setattr(inspect_command, "map_keys", lambda path, arch, count, **_: {
         "matched": count, "unmatched": [], "modules": 1, "mapping_error": None})
     path = tmp_path / "broken meta.safetensors"
     save_file({f"{KEY}.lora_down.weight": torch.zeros(4, 768), f"{KEY}.lora_up.weight": torch.zeros(320, 4)},
@@ -182,3 +184,81 @@ def test_undetected_architecture_says_whether_arch_helps(tmp_path: Path, capsys:
     report = json.loads(capsys.readouterr().out)
     assert report["architecture"] is None and expected in report["mapping_error"]
     assert {"architecture", "format", "adapter_types", "trigger_words", "matched", "unmatched"} <= set(report)
+
+
+def demo_lora(name: str = "sepia") -> Path:
+    from lora_syntax import demo
+
+    return demo.LORA_DIR / f"{name}.safetensors"
+
+
+def without_model_name(source: Path, target: Path) -> Path:
+    """A copy of a demo LoRA that no longer names the demo model: what a pruned or custom model's LoRA is
+    to the reference SD1.5 (same module names, other shapes)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(source), "pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k != "ss_sd_model_name"}
+    save_file(load_file(str(source)), str(target), metadata=metadata)
+    return target
+
+
+@pytest.mark.slow
+def test_demo_lora_maps_onto_the_demo_model_its_metadata_names(tmp_path: Path) -> None:
+    result = cli(str(demo_lora()))
+    assert result.returncode == 0 and result.stderr == ""
+    assert ("mapping:          120 of 120 keys map onto 40 modules of the demo model (named by the file's "
+            "ss_sd_model_name); 0 unmatched") in result.stdout
+    assert "trigger words:    none\n" in result.stdout
+    assert "dataset tags:     triangle 263, white 255" in result.stdout
+
+
+@pytest.mark.slow
+def test_other_shapes_than_the_reference_are_one_line_with_counts(tmp_path: Path) -> None:
+    path = without_model_name(demo_lora(), tmp_path / "pruned.safetensors")
+    result = cli(str(path))
+    assert result.returncode == 1 and result.stderr == ""
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("mapping:")]
+    assert line == ("mapping:          shapes do not match the reference SD1.5: 120 of 120 keys name its modules, "
+                    "but 40 of those 40 modules have other shapes (first: unet.down_blocks.0.attentions.0."
+                    "transformer_blocks.0.attn1.to_k, model (320, 320), file lora_down.weight (4, 32), "
+                    "lora_up.weight (32, 4)). It was made for a model of another size (custom, pruned or resized): "
+                    "pass --model DIR to inspect it against that model.")
+    from lora_syntax import demo
+
+    given = cli(str(path), "--model", str(demo.MODEL_DIR), "--json")
+    report = json.loads(given.stdout)
+    assert given.returncode == 0 and (report["matched"], report["modules"], report["mapping_error"]) == (120, 40, None)
+
+
+def test_model_must_be_a_model_folder(tmp_path: Path) -> None:
+    result = cli(str(demo_lora()), "--model", str(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: --model '{tmp_path}' is not a diffusers model folder (it has no model_index.json).\n"
+
+
+def test_refused_format_is_said_once_without_the_metadata_listing(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "legacy.safetensors"
+    save_file({"unet:0:up": torch.zeros(2, 2), "unet:0:down": torch.zeros(2, 2)}, str(path),
+              metadata={f"unet:{i}:rank": "4" for i in range(40)})
+    assert run_inprocess(path) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.count("cloneofsimo/lora legacy file") == 1
+    assert "metadata:         40 keys (see --json)" in captured.out and "unet:0:rank" not in captured.out
+    assert len(captured.out.splitlines()) == 13
+
+
+def test_model_of_another_family_is_refused_by_name(tmp_path: Path) -> None:
+    import shutil
+
+    from lora_syntax import demo
+
+    folder = tmp_path / "xl-model"
+    shutil.copytree(demo.MODEL_DIR, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    result = cli(str(demo_lora()), "--model", str(folder))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert f"sepia.safetensors' is an SD1.5 LoRA; the model in '{folder}' is SDXL." in result.stderr

@@ -189,3 +189,17 @@ def test_unknown_name_in_a_missing_folder_says_the_folder_is_missing(tmp_path: P
     library = LoraLibrary([tmp_path / "no such folder"])
     with pytest.raises(LoraNameError, match=r"Not a folder \(missing\?\): '.*no such folder'"):
         library.resolve("ink")
+
+
+def test_resolve_without_rescan_uses_the_last_scan_only(tmp_path) -> None:
+    from lora_syntax.errors import LoraNameError
+    from lora_syntax.library import LoraLibrary
+    from safetensors.torch import save_file
+    import torch
+
+    library = LoraLibrary([tmp_path])
+    assert library.entries() == []
+    save_file({"a": torch.ones(1)}, str(tmp_path / "late.safetensors"))
+    with pytest.raises(LoraNameError):
+        library.resolve("late", rescan=False)       # the plan view's lookup: no folder scan per keystroke
+    assert library.resolve("late").name == "late"   # Generate's lookup rescans once

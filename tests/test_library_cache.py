@@ -24,7 +24,7 @@ class FakeLoader:
         self.calls: list[tuple[Path, object]] = []
         self.nbytes = nbytes
 
-    def load_lora(self, source, tree, *, metadata=None, name=None):
+    def load_lora(self, source, tree, *, metadata=None, name=None, roots=None):
         self.calls.append((Path(source), tree))
         adapter = types.SimpleNamespace(up=torch.zeros(self.nbytes // 8), down=torch.zeros(self.nbytes // 8))
         patch = types.SimpleNamespace(adapter=adapter, source_keys=("k",))

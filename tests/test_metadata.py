@@ -40,20 +40,57 @@ def sidecar(path: Path, suffix: str, data: object) -> None:
 TAGS = {"10_inkwash": {"monochrome": 5, "ink": 9, "1girl": 2}, "3_brush strokes": {"monochrome": 4, "sky": 1}}
 
 
-def test_every_source_in_order_of_trust(tmp_path: Path) -> None:
+def test_trigger_words_come_from_the_first_source_that_has_any(tmp_path: Path) -> None:
     path = write(tmp_path, metadata={"modelspec.trigger_phrase": "spec word, Civ One", "ss_tag_frequency":
                                      json.dumps(TAGS)})
-    sidecar(path, ".json", {"activation text": "a1111 word, second", "preferred weight": 0.7,
-                            "negative text": "blurry", "notes": "use at 0.7", "description": "Ink style",
-                            "sd version": "SD1", "trainedWords": ["helper word"]})
-    sidecar(path, ".civitai.info", {"trainedWords": ["civ one, civ two", "A1111 WORD"]})
+    user = {"activation text": "a1111 word, second", "preferred weight": 0.7, "negative text": "blurry",
+            "notes": "use at 0.7", "description": "Ink style", "sd version": "SD1", "trainedWords": ["helper word"]}
+    sidecar(path, ".json", user)
+    sidecar(path, ".civitai.info", {"trainedWords": ["civ one, civ two", "CIV ONE"]})
     info = read_info(path)
-    assert info.trigger_words == ("a1111 word", "second", "civ one", "civ two", "helper word", "spec word",
-                                  "inkwash", "brush strokes", "ink", "monochrome", "1girl", "sky")
+    assert (info.trigger_words, info.trigger_source) == (("a1111 word", "second"), "activation text")
     assert info.activation_text == "a1111 word, second"
     assert info.preferred_weight == 0.7 and info.negative_text == "blurry" and info.notes == "use at 0.7"
     assert info.description == "Ink style" and info.sd_version == "SD1"
-    assert info.tag_frequency == {"monochrome": 9, "ink": 9, "1girl": 2, "sky": 1}
+    assert info.tag_frequency == {"monochrome": 9, "ink": 9, "1girl": 2, "sky": 1}  # dataset tags, not triggers
+    # peel the sources off one by one: each next one takes over, deduplicated ignoring case
+    sidecar(path, ".json", {**user, "activation text": ""})
+    assert (read_info(path).trigger_words, read_info(path).trigger_source) == (("civ one", "civ two"),
+                                                                                "Civitai trainedWords")
+    (tmp_path / "ink.civitai.info").unlink()
+    assert (read_info(path).trigger_words, read_info(path).trigger_source) == (("helper word",),
+                                                                                "NAME.json trainedWords")
+    (tmp_path / "ink.json").unlink()
+    assert (read_info(path).trigger_words, read_info(path).trigger_source) == (("spec word", "Civ One"),
+                                                                                "trigger phrase")
+
+
+@pytest.mark.parametrize(("folders", "stem", "output_name", "expected"), [
+    ({"10_sepia": {"triangle": 263}}, "sepia", "sepia", ()),           # the demo's: its own name, no trigger
+    ({"10_Sepia_Style": {"a": 1}}, "sepia-style", None, ()),          # the same name, spelt another way
+    ({"10_sepia": {"a": 1}}, "copy", "sepia", ()),                     # named after its ss_output_name
+    ({"10": {"a": 1}, "5_": {"b": 1}}, "ink", None, ()),               # bare repeat counts
+    ({"10_inkwash": {"a": 1}, "3_brush strokes": {"b": 1}}, "ink", None, ("inkwash", "brush strokes")),
+    ({"10_zxc": {"a": 1}, "10_ink": {"b": 1}}, "ink", None, ("zxc",)),
+])
+def test_dataset_folder_names_are_trigger_words_unless_they_name_the_lora(tmp_path, folders, stem, output_name,
+                                                                          expected) -> None:
+    metadata = {"ss_tag_frequency": json.dumps(folders), "modelspec.trigger_phrase": ""}
+    if output_name:
+        metadata["ss_output_name"] = output_name
+    info = read_info(write(tmp_path, stem, metadata=metadata))
+    assert info.trigger_words == expected
+    assert info.trigger_source == ("dataset folder name" if expected else "")
+
+
+def test_demo_loras_trigger_words(tmp_path: Path) -> None:
+    from lora_syntax import demo
+
+    found = {name: read_info(demo.LORA_DIR / f"{name}.safetensors") for name in ("sepia", "night", "zorbstar")}
+    assert {name: info.trigger_words for name, info in found.items()} == {
+        "sepia": (), "night": (), "zorbstar": ("zorbstar",)}
+    assert found["zorbstar"].trigger_source == "activation text"
+    assert "triangle" in found["sepia"].tag_frequency
 
 
 def test_civitai_helper_json_alone(tmp_path: Path) -> None:
@@ -89,10 +126,10 @@ def test_tag_frequency_parsing() -> None:
         assert parse_tag_frequency("{broken") == ([], {})
 
 
-def test_at_most_ten_caption_tags_most_frequent_first(tmp_path: Path) -> None:
+def test_caption_tags_are_never_trigger_words(tmp_path: Path) -> None:
     tags = {"1_set": {f"tag{i:02}": 100 - i for i in range(30)}}
     info = read_info(write(tmp_path, metadata={"ss_tag_frequency": json.dumps(tags)}))
-    assert info.trigger_words == ("set", *(f"tag{i:02}" for i in range(10)))
+    assert info.trigger_words == ("set",)
     assert len(info.tag_frequency) == 30
 
 

@@ -316,9 +316,41 @@ def test_restore_after_the_host_moved_the_parameter():
     assert_same(before, net)
 
 
+def within_one_rounding(got: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Per element: ``got`` is one of the two ``got.dtype`` values either side of ``exact`` (a faithful rounding),
+    i.e. ``exact`` lies strictly between ``got``'s neighbours."""
+    below = torch.nextafter(got, torch.full_like(got, float("-inf"))).double()
+    above = torch.nextafter(got, torch.full_like(got, float("inf"))).double()
+    return (below < exact) & (exact < above)
+
+
+def fp32_low_rank_sum(w0: torch.Tensor, terms) -> torch.Tensor:
+    """``W0 + sum(m * U @ D)`` in fp32 as one GEMM over the concatenated factors, each up-factor scaled by its
+    weight (or the common weight as the GEMM's alpha): the patcher's documented formula, written out here."""
+    ups, downs = zip(*(adapter.low_rank(w0.shape) for _, adapter in terms))
+    weights = [m for m, _ in terms]
+    up, down = torch.cat(ups, dim=1).float(), torch.cat(downs, dim=0).float()
+    if len(set(weights)) == 1:
+        return w0.float().addmm_(up, down, alpha=weights[0])
+    scale = torch.tensor([m for (m, _), u in zip(terms, ups) for _ in range(u.shape[1])])
+    return w0.float().addmm_(up * scale, down)
+
+
+def test_within_one_rounding_accepts_both_neighbours_only():
+    exact = torch.tensor([1.0 + 2 ** -12], dtype=torch.float64)          # between 1 and 1 + 2**-10 in fp16
+    one, next_up = torch.tensor([1.0], dtype=torch.float16), torch.tensor([1.0 + 2 ** -10], dtype=torch.float16)
+    two_up = torch.tensor([1.0 + 2 ** -9], dtype=torch.float16)
+    assert within_one_rounding(one, exact).all() and within_one_rounding(next_up, exact).all()
+    assert not within_one_rounding(two_up, exact).any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_are_the_exact_sum_rounded_once(dtype):
-    # the half-precision path writes fp32 sums straight into the module's dtype: compare with fp64
+    # The half-precision path rounds an fp32 sum once into the module's dtype. Where W0 and the delta cancel,
+    # the fp32 GEMM's own error can move the result by more than one half-precision step from the fp64 sum,
+    # and by how much depends on the CPU's matmul kernel. The invariant that holds on every machine: each
+    # element equals the fp32 sum computed the same way (one GEMM over the concatenated factors) rounded once,
+    # or is within one rounding of the fp64 sum.
     lin = torch.nn.Linear(64, 48).to(dtype)
     w0 = lin.weight.detach().clone()
     l1, l2 = lora(48, 64, rank=4, seed=6, alpha=2.0), lora(48, 64, rank=8, seed=7)
@@ -327,10 +359,10 @@ def test_half_precision_weights_are_the_exact_sum_rounded_once(dtype):
     for step, (m1, m2) in ((1, (0.6, 0.6)), (2, (0.6, -0.2))):
         p.apply(step)
         exact = w0.double() + m1 * l1.delta(w0.float()).double() + m2 * l2.delta(w0.float()).double()
-        got, rounded = lin.weight.detach(), exact.to(dtype)
-        assert (got == rounded).float().mean() > 0.999          # fp32 arithmetic: rare last-bit ties differ
-        ulp = (rounded.float().abs() * (2 ** -10 if dtype == torch.float16 else 2 ** -7)).clamp_min(1e-6)
-        assert ((got.float() - rounded.float()).abs() <= ulp).all()
+        fp32 = fp32_low_rank_sum(w0, ((m1, l1), (m2, l2))).to(dtype)
+        got = lin.weight.detach()
+        assert got.dtype == dtype
+        assert ((got == fp32) | within_one_rounding(got, exact)).all()
     p.restore()
     assert torch.equal(lin.weight, w0)
 

@@ -25,6 +25,7 @@ def caret_column(error: LoraSyntaxError) -> int:
 CASES = [
     ("a <lora:ink:zz=1>", ["unknown key 'zz'", "expected one of: te, unet"], 13),
     ("a <lora:ink:tee=1>", ["unknown key 'tee'", "did you mean 'te'"], 13),
+    ("a <lora:ink:bogus=1>", ["unknown key 'bogus'; expected one of: te, unet"], 13),   # nothing close: the list
     ("a <lora:ink:te=1:te=2>", ["duplicate key 'te'"], 18),
     ("a <lora:ink:0.5:0.5:unet=1>", ["duplicate key 'unet'"], 21),
     ("a <lora::1>", ["empty name"], 9),

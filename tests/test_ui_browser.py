@@ -118,6 +118,19 @@ def test_click_inserts_at_cursor_of_focused_negative_box_without_duplicate_words
     assert page.input_value(PROMPT) == "inkwash mountain"
 
 
+def test_click_mid_prompt_then_weight_edit_then_click_gives_the_prompt_back(page) -> None:
+    original = "a blue circle on a white background"
+    page.fill(PROMPT, original)
+    page.locator(PROMPT).evaluate("box => { box.focus(); box.setSelectionRange(6, 6); }")
+    networks(page)
+    card(page, "watercolor").click()
+    inserted = "a blue, <lora:styles/watercolor:1>, wcstyle, circle on a white background"
+    assert page.input_value(PROMPT) == inserted
+    page.fill(PROMPT, inserted.replace(":1>", ":0.45>"))
+    card(page, "watercolor").click()
+    assert page.input_value(PROMPT) == original
+
+
 def test_auto_insert_off_inserts_only_the_tag(page) -> None:
     networks(page)
     page.locator("#lsx_autoinsert input[type=checkbox]").uncheck()
@@ -145,10 +158,16 @@ def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir)
     panel.locator("text=kohya-ss/sd-scripts").wait_for()
     assert "mountain 7" in panel.inner_text().replace("\n", " ")
     page.locator(PROMPT).focus()
-    panel.locator(".lsx-chip:not(.lsx-tag)", has_text="mountain").click()
+    # trigger words (its trigger phrase) and dataset tags are separate chips
+    assert panel.locator(".lsx-chip:not(.lsx-tag)").all_inner_texts() == ["inkwash"]
+    panel.locator(".lsx-chip.lsx-tag", has_text="mountain").click()
     assert page.input_value(PROMPT) == "mountain"
-    weight = page.locator("#lsx_weight input")
+    weight = page.locator("#lsx_weight textarea, #lsx_weight input")
     assert float(weight.input_value()) == 0.8
+    weight.fill("abc")
+    page.locator("#lsx_save").click()
+    page.locator("#lsx_status", has_text="preferred weight must be a number from 0 to 2").wait_for()
+    assert "notes" not in json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))
     weight.fill("0.6")
     page.fill("#lsx_notes textarea", "good at 0.6")
     page.locator("#lsx_save").click()
@@ -200,6 +219,21 @@ def test_generate_shows_image_and_plan(page, generation) -> None:
     assert page.locator("#lsx_image img").count() == 1
     assert name in page.locator("#lsx_gen_status").inner_text()
     assert "1-3: 0.8" in page.locator("#lsx_plan").inner_text()
+    # the served image is the PNG with its infotext, and the page shows that text under it
+    shown = page.locator("#lsx_infotext textarea").input_value()
+    assert shown.startswith(f"a photo of a cat <lora:{name}:0.8>\nSteps: 3, Sampler: ") and "Lora hashes: " in shown
+    served = page.evaluate("""async () => {
+        const bytes = new Uint8Array(await (await fetch(document.querySelector('#lsx_image img').src)).arrayBuffer());
+        return Array.from(bytes); }""")
+    from PIL import Image
+    import io
+
+    with Image.open(io.BytesIO(bytes(served))) as image:
+        assert image.format == "PNG" and image.text["parameters"] == shown
+    page.locator("#lsx_steps input[type=number]").fill("500")
+    page.locator("#lsx_generate").click()
+    page.locator("#lsx_gen_status", has_text="Steps must be a whole number from 1 to 150").wait_for(timeout=30_000)
+    page.locator("#lsx_steps input[type=number]").fill("3")
     page.locator(PROMPT).fill("a cat <lora:no such lora:1>")
     page.locator("#lsx_generate").click()
     page.locator("#lsx_gen_status", has_text="No LoRA named 'no such lora'").wait_for(timeout=30_000)

@@ -32,8 +32,18 @@ def test_cards_carry_tag_name_weight_words_and_group(model) -> None:
     ink, water, neon = cards["inkwash"], cards["styles/watercolor"], cards["xl/neon_xl"]
     assert (ink.tag_name, ink.weight, ink.auto_words, ink.group) == ("inkwash", 0.8, ("inkwash",), "")
     assert (water.tag_name, water.group, water.auto_words) == ("styles/watercolor", "styles", ("wcstyle",))
-    assert water.words == ("wcstyle", "flower")  # caption tags are chips in the details, not auto-inserted
+    assert water.words == ("wcstyle",) and water.tags == ("wcstyle", "flower")  # caption tags: dataset tags only
+    assert (ink.words_source, water.words_source) == ("trigger phrase", "dataset folder name")
     assert neon.architecture == "sdxl"
+
+
+def test_details_label_trigger_words_with_their_source_and_caption_tags_as_dataset_tags(model) -> None:
+    card = by_name(model)["styles/watercolor"]
+    panel = render_details(card, model.library.info("styles/watercolor"))
+    trigger, dataset = panel.split("<h4>Trigger words (from dataset folder name)</h4>")[1].split(
+        "<h4>Dataset tags</h4>")
+    assert "wcstyle" in trigger and "flower" not in trigger
+    assert "flower" in dataset and "wcstyle" in dataset
 
 
 def test_every_inserted_name_resolves_back_to_its_file(model) -> None:
@@ -98,7 +108,7 @@ def test_refresh_rescans_folders(model, tmp_path) -> None:
 
 def test_details_and_save_write_a1111_sidecar(model, tmp_path) -> None:
     panel, activation, weight, negative, notes, status = model.details("inkwash")
-    assert "kohya-ss/sd-scripts" in panel and "mountain" in panel and (weight, status) == (0.8, "")
+    assert "kohya-ss/sd-scripts" in panel and "mountain" in panel and (weight, status) == ("0.8", "")
     message = model.save("inkwash", "inkwash, ink", 0.65, "blurry", "my notes")
     assert message.startswith("Saved")
     saved = json.loads((tmp_path / "inkwash.json").read_text(encoding="utf-8"))
@@ -109,13 +119,51 @@ def test_details_and_save_write_a1111_sidecar(model, tmp_path) -> None:
     assert model.details("gone")[-1].startswith("**Error:**")
 
 
+@pytest.mark.parametrize("typed", ["-1", "100", "100000000099", "abc", "nan", "inf", "1e400", "2.01", " -0.5 "])
+def test_save_refuses_a_preferred_weight_outside_0_to_2_and_keeps_the_file(model, tmp_path, typed) -> None:
+    sidecar = tmp_path / "inkwash.json"
+    before = sidecar.read_bytes() if sidecar.exists() else None
+    message = model.save("inkwash", "changed", typed, "changed", "changed")
+    assert message == ("**Error:** preferred weight must be a number from 0 to 2 (0 or empty = not set, as in "
+                       f"A1111), not {typed.strip()!r}; nothing was saved.".replace("'", "&#x27;"))
+    assert (sidecar.read_bytes() if sidecar.exists() else None) == before
+
+
+@pytest.mark.parametrize(("typed", "stored"), [("0", 0.0), ("", 0.0), ("2", 2.0), (" 0.35 ", 0.35), (1.25, 1.25)])
+def test_save_accepts_weights_0_to_2_as_typed(model, tmp_path, typed, stored) -> None:
+    assert model.save("inkwash", "", typed, "", "").startswith("Saved")
+    assert json.loads((tmp_path / "inkwash.json").read_text(encoding="utf-8"))["preferred weight"] == stored
+
+
+def test_save_user_metadata_checks_the_weight_too(tmp_path) -> None:
+    from lora_syntax.metadata import save_user_metadata
+
+    with pytest.raises(ValueError, match="from 0 to 2"):
+        save_user_metadata(tmp_path / "x.safetensors", preferred_weight=float("nan"))
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_plan_view_shows_table_plot_and_error_columns() -> None:
     text, plot = plan_view("cat <lora:ink:0.5@3>", 20)
     assert "3-20: 0.5" in text and plot is not None and plot.size[0] > 100
     bad = "cat <lora:ink:te=0.5:bogus=1>"
-    column = parse(bad, on_error="skip").errors[0].column
     text, _ = plan_view(bad, 20)
-    assert f"column {column}:" in text
+    assert text.count("column 22") == 1 and "\">column" not in text   # the position, said once
+    assert "did you mean" not in text and "expected one of" in text     # 'bogus' is close to no key
+
+
+def test_plan_view_position_on_a_multi_line_prompt_is_the_line_and_column() -> None:
+    text, _ = plan_view("a cat\nin the snow <lora:ink:bogus=1>", 20)
+    assert "at line 2, column 23:" in text and text.count("column") == 1
+    assert html.unescape(text).count("\n  in the snow <lora:ink:bogus=1>\n" + " " * 24 + "^") == 1
+
+
+def test_plan_view_names_unknown_loras_with_the_closest_names(model) -> None:
+    text, _ = plan_view("cat <lora:inkwsh:1> <lora:inkwash:0.5>", 20, library=model.library)
+    assert "No LoRA named &#x27;inkwsh&#x27;" in text and "Closest names: &#x27;inkwash&#x27;" in text
+    assert "no syntax errors" not in text
+    text, _ = plan_view("cat <lora:inkwash:0.5>", 20, library=model.library)
+    assert "1 LoRA tag(s), no syntax errors, every name found" in text
     assert "<lora:" not in plan_view("<lora:<img src=x onerror=alert(1)>:1>", 20)[0].replace("&lt;lora:", "")
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lora_syntax.errors import LoraError
@@ -25,6 +27,7 @@ from .plan_view import plan_view
 APP_CSS = "#lsx_image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 HELP = "start the web UI (prompt, plan view, Networks tab, generation) on localhost"
 DEFAULT_PORT = 7861
+DEFAULT_CFG = 7.0  # the guidance scale, as ``generate``'s default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +71,32 @@ def native_size(model_dir: Path, default: int = 512) -> int:
         return default
 
 
+STEPS_RANGE = (1, 150)  # the Steps box; beyond it the status says so (the box itself does not refuse)
+
+
+def check_steps(steps: Any) -> int:
+    """Steps as typed: a whole number within :data:`STEPS_RANGE`, else a :class:`LoraError` that says so."""
+    low, high = STEPS_RANGE
+    try:
+        value = float(steps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value.is_integer() and low <= value <= high):
+        raise LoraError(f"Steps must be a whole number from {low} to {high}, not {steps!r}.")
+    return int(value)
+
+
+def skipped_tags(errors: Sequence[Any]) -> str:
+    """Status Markdown for the malformed tags a run skipped: the errors in a code block, so each caret
+    line stays under the column it points at."""
+    if not errors:
+        return ""
+    body = "\n\n".join(str(error) for error in errors).replace("```", "` ` `")
+    plural = "s" if len(errors) > 1 else ""
+    return (f"\n\n**Skipped {len(errors)} malformed tag{plural}** (the other tags were applied):\n"
+            f"```text\n{body}\n```")
+
+
 class Generator:
     """Loads the pipeline on first use (so the UI starts fast) and runs one generation at a time."""
 
@@ -77,14 +106,19 @@ class Generator:
         self.library = library  # shared with the Networks tab, so both see the same scan
         self.pipe: Any = None
         self.lock = threading.Lock()
+        self.out_dir: Path | None = None   # a temporary folder for the PNGs served to the page
+        self.count = 0
 
     def load(self) -> Any:
         if self.pipe is None:
-            from diffusers import DiffusionPipeline
+            from lora_syntax.commands.generate import quiet_libraries
 
             if not (self.model_dir / "model_index.json").is_file():
                 raise LoraError(f"'{self.model_dir}' is not a diffusers pipeline folder (no model_index.json); "
                                 "pass --model with a folder saved by save_pretrained.")
+            quiet_libraries()
+            from diffusers import DiffusionPipeline
+
             self.pipe = DiffusionPipeline.from_pretrained(self.model_dir)
             self.pipe.set_progress_bar_config(disable=True)
         return self.pipe
@@ -95,39 +129,66 @@ class Generator:
         width = getattr(getattr(getattr(self.pipe, "text_encoder", None), "config", None), "hidden_size", None)
         return architecture_of(type(self.pipe).__name__, width)
 
-    def generate(self, prompt: str, negative: str, steps: int, seed: int, width: int, height: int,
-                 progress: Any = None) -> tuple[Any, str]:
-        """(image, status markdown) for one run; LoRA tags of ``prompt`` are applied by the engine."""
+    def _save(self, image: Any, text: str, seed: int) -> Path:
+        """The image as a PNG with its infotext, in this app's temporary folder (Gradio serves the file as is)."""
+        import tempfile
+
+        from lora_syntax.commands.generate import save_image
+
+        if self.out_dir is None:
+            self.out_dir = Path(tempfile.mkdtemp(prefix="lora-syntax-ui-"))
+        self.count += 1
+        path = self.out_dir / f"{self.count:05d}-{seed}.png"
+        save_image(image, path, text)
+        return path
+
+    def generate(self, prompt: str, negative: str, steps: Any, seed: int, width: int, height: int,
+                 progress: Any = None, cfg: float = DEFAULT_CFG) -> tuple[Path, str, str]:
+        """(PNG path, status markdown, infotext) for one run. Malformed tags are skipped and reported, the
+        others applied (as the Plan view shows); the PNG carries the infotext ``generate`` writes."""
         import torch
 
+        from lora_syntax.commands.generate import infotext, lora_hashes
         from lora_syntax.hosts.diffusers import activate
+        from lora_syntax.library import LoraLibrary
         from lora_syntax.syntax import parse
 
+        steps = check_steps(steps)
         with self.lock:
-            pipe = self.load()
-            steps = int(steps)
-            negative_parsed = parse(negative or "", on_error="skip")
             started = time.perf_counter()
-            negative = negative_parsed.prompt or None
-            with activate(pipe, prompt or "", lora_dirs=self.lora_dirs, steps=steps, negative_prompt=negative,
-                          library=self.library) as run:
+            if self.pipe is None and progress is not None:
+                progress(0, desc="loading model")
+            pipe = self.load()
+            loaded = time.perf_counter()
+            parsed = parse(prompt or "", on_error="skip")
+            library = self.library or LoraLibrary(self.lora_dirs)
+            with activate(pipe, parsed, lora_dirs=self.lora_dirs, steps=steps, negative_prompt=negative or None,
+                          library=library) as run:
                 def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
                     tensors = run.callback(pipeline, step, timestep, tensors) if run.callback else tensors
                     if progress is not None:
                         progress((step + 1, steps), desc=f"step {step + 1}/{steps}")
                     return tensors
-                result = pipe(run.prompt, negative_prompt=negative, num_inference_steps=steps,
-                              width=int(width), height=int(height),
+                sampling = time.perf_counter()
+                result = pipe(run.prompt, negative_prompt=run.negative_prompt, num_inference_steps=steps,
+                              guidance_scale=cfg, width=int(width), height=int(height),
                               generator=torch.Generator("cpu").manual_seed(int(seed)),
                               callback_on_step_end=on_step,
                               callback_on_step_end_tensor_inputs=list(run.callback_tensor_inputs or ["latents"]))
+                sampled = time.perf_counter()
                 warnings = list(run.warnings)
-            if negative_parsed.tags or negative_parsed.errors:
-                warnings.append("LoRA tags in the negative prompt are not applied by this app; they were removed")
-            seconds = time.perf_counter() - started
+            image = result.images[0]
+            fields = SimpleNamespace(prompt=prompt or "", negative=negative or "", steps=steps, cfg=cfg,
+                                     seed=int(seed))
+            text = infotext(fields, pipe, run, image.size, self.model_dir.name, lora_hashes(run.plan, library))
+            path = self._save(image, text, int(seed))
+            total = time.perf_counter() - started
         names = ", ".join(esc(lora.name) for lora in run.plan.loras) or "none"  # Markdown shows HTML: escape
         notes = "".join(f"\n- {esc(w)}" for w in warnings)
-        return result.images[0], f"Done in {seconds:.1f} s · LoRAs: {names}{notes}"
+        load_note = f", loading the model {loaded - started:.1f} s" if loaded - started >= 0.05 else ""
+        status = (f"Done in {total:.1f} s (sampling {sampled - sampling:.1f} s{load_note}) · LoRAs: {names}"
+                  f"{notes}{skipped_tags(parsed.errors)}")
+        return path, status, text
 
 
 def build_app(library: Any, generator: Generator | None, *, title: str = "lora-syntax") -> Any:
@@ -145,14 +206,19 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
                                     placeholder="a photo of a cat <lora:NAME:0.8>")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="lora_syntax_negative")
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="lsx_steps")
+                    # a Number, not a Slider: a Slider refuses a typed 500 with a server traceback and no
+                    # message; check_steps answers in the status instead
+                    steps = gr.Number(value=20, precision=0, label=f"Steps ({STEPS_RANGE[0]}-{STEPS_RANGE[1]})",
+                                      elem_id="lsx_steps")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="lsx_seed")
                     width = gr.Slider(32, 1536, value=size, step=8, label="Width", elem_id="lsx_width")
                     height = gr.Slider(32, 1536, value=size, step=8, label="Height", elem_id="lsx_height")
             with gr.Column(scale=2):
                 go = gr.Button("Generate", variant="primary", elem_id="lsx_generate")
-                image = gr.Image(label="Image", type="pil", interactive=False, elem_id="lsx_image", height=420)
+                image = gr.Image(label="Image", type="filepath", interactive=False, elem_id="lsx_image", height=420)
                 status = gr.Markdown("", elem_id="lsx_gen_status")
+                parameters = gr.Textbox(label="Parameters (written into the PNG, as `generate` does)", lines=3,
+                                        interactive=False, elem_id="lsx_infotext")
         with gr.Tabs():
             with gr.Tab("Plan"):
                 with gr.Row():
@@ -161,22 +227,27 @@ def build_app(library: Any, generator: Generator | None, *, title: str = "lora-s
             with gr.Tab("Networks", elem_id="lsx_networks_tab"):
                 build_networks_tab(networks, blocks)
 
-        def update_plan(text: str, n: int) -> tuple[str, Any]:
-            return plan_view(text, n, model_arch())
+        def update_plan(text: str, n: Any) -> tuple[str, Any]:
+            try:
+                n = check_steps(n)
+            except LoraError:
+                n = 20  # the Generate button says what is wrong with the steps; the plan keeps showing
+            return plan_view(text, n, model_arch(), library)
 
         for source in (prompt, steps):
             source.change(update_plan, [prompt, steps], [plan_html, plan_image], show_progress="hidden")
 
-        def run_generation(p: str, n: str, s: int, sd: int, w: int, h: int,
-                           progress: Any = gr.Progress()) -> tuple[Any, str]:
+        def run_generation(p: str, n: str, s: Any, sd: int, w: int, h: int,
+                           progress: Any = gr.Progress()) -> tuple[Any, str, str]:
             if generator is None:
-                return None, "**Error:** no model loaded; start the app with `--model DIR`."
+                return None, "**Error:** no model loaded; start the app with `--model DIR`.", ""
             try:
-                return generator.generate(p, n, s, sd, w, h, progress)
+                path, message, text = generator.generate(p, n, s, sd, w, h, progress)
             except LoraError as error:
-                return None, f"**Error:** {esc(error)}"
+                return None, f"**Error:** {esc(error)}", ""
+            return str(path), message, text
 
-        go.click(run_generation, [prompt, negative, steps, seed, width, height], [image, status])
+        go.click(run_generation, [prompt, negative, steps, seed, width, height], [image, status, parameters])
     return blocks
 
 

@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -32,7 +32,8 @@ class Card:
     architecture: str | None
     weight: float                 # preferred weight, 1.0 when unset
     auto_words: tuple[str, ...]   # words a click inserts with the tag
-    words: tuple[str, ...]        # every trigger word, for the details chips
+    words: tuple[str, ...]        # the trigger words, for the details chips
+    words_source: str             # where they came from (metadata.TRIGGER_SOURCES), "" when none
     aliases: tuple[str, ...]
     tags: tuple[str, ...]         # dataset caption tags, for search
     size: int
@@ -65,14 +66,18 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
-def tag_name_for(name: str, aliases: Sequence[str]) -> str | None:
-    """The first of ``name`` and ``aliases`` that the tag parser reads back unchanged.
+def tag_name_for(name: str, aliases: Sequence[str],
+                 resolves: Callable[[str], bool] | None = None) -> str | None:
+    """The first of ``name`` and ``aliases`` that the tag parser reads back unchanged (and, given
+    ``resolves``, that the library resolves back to this card's file: an alias may be another file's name).
 
     Names holding ``:``, ``<`` or ``>`` cannot be written inside a tag; their alias may be.
     """
     from lora_syntax.syntax import parse
 
     for candidate in (name, *aliases):
+        if resolves is not None and not resolves(candidate):
+            continue
         try:
             tags = parse(f"<lora:{candidate}:1>").tags
         except Exception:  # noqa: BLE001 - any failure means "not writable", the card says so
@@ -83,28 +88,34 @@ def tag_name_for(name: str, aliases: Sequence[str]) -> str | None:
 
 
 def auto_words(info: Any) -> tuple[str, ...]:
-    """Words a click inserts: the A1111 activation text when set; else the trigger words, leaving out
-    those that are only frequent caption tags (kohya dataset folder names stay: they are the trigger)."""
-    from lora_syntax.metadata import parse_tag_frequency
-
-    activation = [word.strip() for word in (info.activation_text or "").split(",") if word.strip()]
-    if activation:
-        return tuple(activation)
-    folders, _ = parse_tag_frequency((info.metadata or {}).get("ss_tag_frequency"))
-    captions = set(info.tag_frequency or {}) - set(folders)
-    return tuple(word for word in info.trigger_words if word not in captions)
+    """Words a click inserts: the file's trigger words (the user's activation text first, see
+    :mod:`lora_syntax.metadata`); dataset caption tags never."""
+    return tuple(info.trigger_words)
 
 
-def card_from_entry(entry: Any, info: Any | None, problem: str | None = None) -> Card:
-    """Build a :class:`Card`; ``info`` is None when the file could not be read (``problem`` says why)."""
+def card_from_entry(entry: Any, info: Any | None, problem: str | None = None,
+                    resolves: Callable[[str], bool] | None = None) -> Card:
+    """Build a :class:`Card`; ``info`` is None when the file could not be read (``problem`` says why);
+    ``resolves(name)``: whether a tag with that name means this entry's file (see :func:`tag_name_for`)."""
     group = str(PurePosixPath(entry.name).parent)
     weight = getattr(info, "preferred_weight", None) or 1.0
     return Card(
-        name=entry.name, tag_name=tag_name_for(entry.name, entry.aliases), group="" if group == "." else group,
+        name=entry.name, tag_name=tag_name_for(entry.name, entry.aliases, resolves), group="" if group == "." else group,
         architecture=getattr(info, "architecture", None), weight=float(weight),
         auto_words=auto_words(info) if info else (), words=tuple(getattr(info, "trigger_words", ())),
+        words_source=getattr(info, "trigger_source", ""),
         aliases=tuple(entry.aliases), tags=tuple(getattr(info, "tag_frequency", {}) or {}),
-        size=int(entry.size), mtime=float(entry.mtime), preview=getattr(info, "preview", None), problem=problem)
+        size=int(entry.size), mtime=float(entry.mtime), preview=_contained_preview(entry, info), problem=problem)
+
+
+def _contained_preview(entry: Any, info: Any | None) -> Path | None:
+    """The info's preview, checked again to lie inside the LoRA folders just before a card reads it."""
+    from lora_syntax.io import is_inside
+
+    preview, roots = getattr(info, "preview", None), getattr(entry, "roots", None)
+    if preview is not None and roots and not is_inside(preview, roots):
+        return None
+    return preview
 
 
 def matches(card: Card, query: str) -> bool:
@@ -231,5 +242,6 @@ def render_details(card: Card, info: Any | None, *, max_tags: int = 40) -> str:
     return (f'<div class="lsx-detail-view" data-file="{data_attr(card.name)}">'
             f'<h3>{esc(card.name)}</h3><table class="lsx-table">{table}</table>'
             + (f'<p class="lsx-description">{esc(description)}</p>' if description else "")
-            + f'<h4>Trigger words</h4><div class="lsx-chips">{_chips(card.words) or "<em>none</em>"}</div>'
+            + f'<h4>Trigger words{esc(f" (from {card.words_source})" if card.words_source else "")}</h4>'
+            + f'<div class="lsx-chips">{_chips(card.words) or "<em>none</em>"}</div>'
             + f'<h4>Dataset tags</h4><div class="lsx-chips">{tags or "<em>none recorded</em>"}</div>{more}</div>')

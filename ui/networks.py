@@ -14,7 +14,8 @@ from typing import Any
 from lora_syntax.errors import LoraError
 
 from . import compat
-from .cards import ARCH_LABELS, SORTS, Card, card_from_entry, esc, render_cards, render_details, select
+from .cards import (ARCH_LABELS, SORTS, Card, card_from_entry, esc, format_weight, render_cards, render_details,
+                    select)
 
 ARCH_CHOICES = ["all", *ARCH_LABELS, "unknown"]
 STANDALONE_TARGETS = ("lora_syntax_prompt", "lora_syntax_negative")
@@ -39,8 +40,21 @@ class NetworksModel:
                     info = self.library.info(entry)
                 except (LoraError, OSError) as error:
                     problem = str(error)
-            cards.append(card_from_entry(entry, info, problem))
+            cards.append(card_from_entry(entry, info, problem, self._resolver(entry)))
         return cards
+
+    def _resolver(self, entry: Any) -> Callable[[str], bool] | None:
+        """``name -> whether a tag with it means entry's file`` (a card must insert its own file's name)."""
+        resolve = getattr(self.library, "resolve", None)
+        if resolve is None:
+            return None
+
+        def resolves(name: str) -> bool:
+            try:
+                return resolve(name).path == entry.path
+            except LoraError:
+                return False
+        return resolves
 
     def html(self, query: str = "", architecture: str = "all", sort: str = "name", refresh: bool = False) -> str:
         """The cards panel for the current search, filter and sort."""
@@ -60,29 +74,31 @@ class NetworksModel:
                 return card_from_entry(entry, info, entry.refused), info
         raise LoraError(f"no LoRA file named '{name}' in the LoRA folders any more; press Refresh.")
 
-    def details(self, name: str) -> tuple[str, str, float, str, str, str]:
+    def details(self, name: str) -> tuple[str, str, str, str, str, str]:
         """(panel HTML, activation text, preferred weight, negative text, notes, status) for the editor."""
         try:
             card, info = self.card(name)
         except LoraError as error:
-            return "", "", 0.0, "", "", f"**Error:** {esc(error)}"
+            return "", "", "", "", "", f"**Error:** {esc(error)}"
         if info is None:
-            return render_details(card, None), "", 0.0, "", "", f"**Unusable:** {esc(card.problem)}"
-        return (render_details(card, info), info.activation_text, float(info.preferred_weight or 0.0),
+            return render_details(card, None), "", "", "", "", f"**Unusable:** {esc(card.problem)}"
+        return (render_details(card, info), info.activation_text, format_weight(info.preferred_weight or 0.0),
                 info.negative_text, info.notes, "")
 
-    def save(self, name: str, activation_text: str, preferred_weight: float | None, negative_text: str,
+    def save(self, name: str, activation_text: str, preferred_weight: str | float | None, negative_text: str,
              notes: str) -> str:
-        """Write the A1111 user fields to ``NAME.json``; returns a status line (0 weight = unset, as in A1111)."""
-        from lora_syntax.metadata import save_user_metadata
+        """Write the A1111 user fields to ``NAME.json``; returns a status line. The weight arrives as typed
+        (a text box, so that "abc" is refused rather than read as 0) and must be 0..2 (0 or empty = unset)."""
+        from lora_syntax.metadata import parse_preferred_weight, save_user_metadata
 
         if not name:
             return "**Error:** open a LoRA's details (the i button on its card) before saving."
         try:
+            weight = parse_preferred_weight(preferred_weight)
             card, _ = self.card(name)
             entry = next(e for e in self.library.entries() if e.name == card.name)
             target = save_user_metadata(entry.path, activation_text=activation_text or "",
-                                        preferred_weight=float(preferred_weight or 0.0),
+                                        preferred_weight=weight,
                                         negative_text=negative_text or "", notes=notes or "")
         except (LoraError, OSError, ValueError) as error:
             return f"**Error:** {esc(error)}"
@@ -122,7 +138,9 @@ def build_networks_tab(model: NetworksModel, blocks: Any | None = None) -> Netwo
                                elem_id="lsx_details_html")
         with gr.Row():
             activation = gr.Textbox(label="Activation text", elem_id="lsx_activation", scale=3)
-            weight = gr.Number(label="Preferred weight (0 = unset)", value=0.0, elem_id="lsx_weight")
+            # a text box, not gr.Number: a Number turns "abc" into 0 before Python sees it
+            weight = gr.Textbox(label="Preferred weight (0 to 2; 0 = unset)", value="0", max_lines=1,
+                                elem_id="lsx_weight")
         negative = gr.Textbox(label="Negative text", elem_id="lsx_negative_text")
         notes = gr.Textbox(label="Notes", lines=2, elem_id="lsx_notes")
         with gr.Row():

@@ -1,7 +1,8 @@
 """The plan panel of the standalone app: the ``explain`` table and schedule plot of the current prompt.
 
-It runs on every keystroke, so it only parses and plans (no files are read); bad tags are shown
-with their column and the good ones are still planned. The table and plot are ``explain``'s own.
+It runs on every keystroke, so it only parses, plans and looks names up in the library's last scan (no
+file is read); bad tags are shown with their position and the good ones are still planned; names the
+library does not have are shown with the closest ones. The table and plot are ``explain``'s own.
 """
 
 from __future__ import annotations
@@ -30,20 +31,42 @@ def plan_plot(plan: Any) -> Any:
     return Image.open(buffer)
 
 
-def plan_view(prompt: str, steps: int, architecture: str | None = None) -> tuple[str, Any]:
-    """(HTML: syntax errors with their column, warnings, the plan table; plot image or None)."""
+def _error(text: object) -> str:
+    return f'<div class="lsx-plan-error" style="{ERROR_STYLE}">{esc(text)}</div>'
+
+
+def unknown_names(plan: Any, library: Any) -> list[str]:
+    """The messages of the plan's LoRA names that the library's last scan does not resolve (with the closest
+    names, as Generate says them); no rescan, so typing stays cheap."""
+    from lora_syntax.errors import LoraError
+
+    problems = []
+    for lora in plan.loras:
+        try:
+            library.resolve(lora.name, rescan=False)
+        except LoraError as error:
+            problems.append(str(error))
+    return problems
+
+
+def plan_view(prompt: str, steps: int, architecture: str | None = None, library: Any = None) -> tuple[str, Any]:
+    """(HTML: syntax errors (each says its line and column once), unknown LoRA names, warnings, the plan
+    table; plot image or None)."""
     from lora_syntax.commands.explain import table
     from lora_syntax.errors import LoraError
     from lora_syntax.plan import build_plan
     from lora_syntax.syntax import parse
 
     parsed = parse(prompt or "", on_error="skip")
-    parts = [f'<div class="lsx-plan-error" style="{ERROR_STYLE}">column {esc(error.column)}: {esc(error)}</div>' for error in parsed.errors]
+    parts = [_error(error) for error in parsed.errors]
     try:
         plan = build_plan(parsed, max(1, int(steps or 1)), architecture=architecture)
     except (LoraError, ValueError) as error:
-        return "".join(parts) + f'<div class="lsx-plan-error" style="{ERROR_STYLE}">{esc(error)}</div>', None
-    if not parsed.errors:
-        parts.append(f'<div class="lsx-plan-ok" style="{OK_STYLE}">{len(plan.loras)} LoRA tag(s), no syntax errors</div>')
+        return "".join(parts) + _error(error), None
+    unknown = unknown_names(plan, library) if library is not None else []
+    parts += [_error(message) for message in unknown]
+    if not parsed.errors and not unknown:
+        parts.append(f'<div class="lsx-plan-ok" style="{OK_STYLE}">{len(plan.loras)} LoRA tag(s), no syntax errors'
+                     f'{", every name found" if library is not None and plan.loras else ""}</div>')
     parts.append(f'<pre class="lsx-plan-table" style="white-space:pre-wrap">{esc(table(plan))}</pre>')
     return f'<div class="lsx-plan">{"".join(parts)}</div>', plan_plot(plan)

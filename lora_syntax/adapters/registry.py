@@ -37,8 +37,28 @@ def _names(cls: type[Adapter]) -> frozenset[str]:
     return getattr(cls, "param_names")
 
 
+#: One-number parameters that may be stored as integers or booleans (``alpha`` 8, ``on_input`` true).
+SCALAR_PARAMS = frozenset({"alpha", "on_input"})
+
+
+def check_values(params: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse what no adapter formula can take: an empty factor (rank 0: ``alpha / rank`` divides by zero,
+    and it changes nothing) and a factor that is not floating point (bool or int8 tensors are not weights)."""
+    for name, tensor in sorted(params.items()):
+        if tensor.numel() == 0:
+            raise LoraFileError(f"{where}: {name} has shape {tuple(tensor.shape)}, with no values (a rank-0 "
+                                "LoRA); it changes nothing and cannot be applied. The file was saved empty for this "
+                                "module: re-export it, or remove the LoRA.")
+        scalar = name in SCALAR_PARAMS and tensor.numel() == 1
+        if not (tensor.is_floating_point() or scalar):
+            raise LoraFileError(f"{where}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values; LoRA "
+                                "factors are floating point (float32, float16, bfloat16). The file is damaged or "
+                                "is not a LoRA.")
+
+
 def build_adapter(params: Mapping[str, torch.Tensor], *, where: str) -> Adapter:
     """The adapter for one module's normalised parameters; ``where`` names the module/file in errors."""
+    check_values(params, where)
     claimants = [cls for cls in ADAPTER_TYPES if cls.claims(params)]
     if not claimants:
         raise LoraFileError(

@@ -1,7 +1,8 @@
 """``generate``: render one image from a prompt with LoRA tags, offline, and say where the time went.
 
-The image is a PNG whose ``parameters`` text chunk follows the web UIs' infotext (prompt, negative
-prompt, steps, sampler, CFG, seed, size, model) plus each LoRA's weights over the steps.
+The image carries the web UIs' infotext (prompt, negative prompt, steps, sampler by its A1111 name, CFG,
+seed, size, model, A1111's ``Lora hashes``) plus each LoRA's weights over the steps: in a PNG's
+``parameters`` text chunk, or a JPEG's/WEBP's EXIF UserComment, where A1111 puts it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LoraError
+from ..infotext import lora_summary  # one formula, shared with the web UIs
 
 HELP = "Generate an image from a prompt with <lora:...> tags (diffusers folder or single-file model, offline)."
 DEFAULT_OUT = Path("lora-syntax.png")
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a folder of LoRA files (repeatable; default: the demo LoRAs)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output PNG (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output image, .png or .jpg/.jpeg/.webp, with the parameters in it (default {DEFAULT_OUT})")
     parser.add_argument("--negative", default=None, help="negative prompt")
     parser.add_argument("--width", type=int, default=None, help="image width (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="image height (default: the model's)")
@@ -106,24 +108,63 @@ def describe(vector: tuple[float, ...]) -> str:
     return f"{vector[0]:g}" if len(parts) == 1 else ",".join(parts)
 
 
-def lora_summary(plan: Any) -> str:
-    """``ink: te 1, unet 1@1,0.25@3; oil: ...`` (denoiser weights before block multipliers)."""
+
+# diffusers scheduler class -> the sampler name A1111/Forge write in infotext (and read back).
+SAMPLER_NAMES = {
+    "DDIMScheduler": "DDIM", "PNDMScheduler": "PLMS", "LMSDiscreteScheduler": "LMS",
+    "EulerDiscreteScheduler": "Euler", "EulerAncestralDiscreteScheduler": "Euler a", "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2", "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M", "DPMSolverSDEScheduler": "DPM++ SDE", "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM", "DDPMScheduler": "DDPM", "FlowMatchEulerDiscreteScheduler": "Euler",
+}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+
+
+def sampler_name(scheduler: Any) -> str:
+    """``DDIMScheduler`` -> ``DDIM``; ``DPMSolverMultistepScheduler`` with Karras sigmas -> ``DPM++ 2M Karras``;
+    an unknown class -> its name without ``Scheduler``."""
+    class_name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {}) or {}
+    name = SAMPLER_NAMES.get(class_name, class_name.removesuffix("Scheduler"))
+    if class_name == "DPMSolverMultistepScheduler" and "sde" in str(config.get("algorithm_type", "")):
+        name = "DPM++ 2M SDE"
+    return f"{name} Karras" if config.get("use_karras_sigmas") else name
+
+
+def quote(value: str) -> str:
+    """An infotext value: as it is, or JSON-quoted when it holds ``,``, ``:`` or a line break (as A1111 reads)."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def lora_hashes(plan: Any, library: Any) -> str:
+    """A1111's ``Lora hashes`` value, ``name: hash12, ...``: each LoRA as written in its tag (``:`` and ``,``
+    removed) with the short hash A1111 shows for its file (see :func:`lora_syntax.metadata.short_hash`)."""
+    from ..metadata import short_hash
+
     items = []
     for lora in plan.loras:
-        te, unet = lora.weights("text_encoder", None), lora.weights("unet", None)
-        items.append(f"{lora.name}: te {describe(te)}, unet {describe(unet)}")
-    return "; ".join(items)
+        try:
+            entry = library.resolve(lora.name)
+        except LoraError:
+            continue
+        items.append(f"{lora.name.replace(':', '').replace(',', '')}: {short_hash(entry.path)}")
+    return ", ".join(items)
 
 
-def infotext(args: argparse.Namespace, pipe: Any, run: Any, size: tuple[int, int], model: str) -> str:
-    """The A1111-style ``parameters`` text: prompt line, negative line, then ``Key: value`` pairs."""
-    fields = {"Steps": args.steps, "Sampler": type(pipe.scheduler).__name__, "CFG scale": f"{args.cfg:g}",
+def infotext(args: argparse.Namespace, pipe: Any, run: Any, size: tuple[int, int], model: str,
+             hashes: str = "") -> str:
+    """The A1111-style ``parameters`` text: prompt line, negative line, then ``Key: value`` pairs.
+    ``args`` needs ``prompt``, ``negative``, ``steps``, ``cfg`` and ``seed`` (the UI passes its own)."""
+    fields = {"Steps": args.steps, "Sampler": sampler_name(pipe.scheduler), "CFG scale": f"{args.cfg:g}",
               "Seed": args.seed, "Size": f"{size[0]}x{size[1]}", "Model": model}
+    if hashes:
+        fields["Lora hashes"] = quote(hashes)
     if run.plan.loras:
         fields["LoRA weights"] = json.dumps(lora_summary(run.plan))
     lines = [args.prompt]
-    if args.negative:
-        lines.append(f"Negative prompt: {args.negative}")
+    if run.negative_prompt:
+        lines.append(f"Negative prompt: {run.negative_prompt}")
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
     return "\n".join(lines)
 
@@ -133,26 +174,47 @@ def render(pipe: Any, args: argparse.Namespace, lora_dirs: list[Path], model: st
     import torch
 
     from ..hosts.diffusers import activate
+    from ..library import LoraLibrary
 
+    library = LoraLibrary(lora_dirs)  # shared with the engine, so the hashes are of the files it applied
     with activate(pipe, args.prompt, lora_dirs=lora_dirs, steps=args.steps, negative_prompt=args.negative,
-                  architecture=args.arch) as run:
+                  architecture=args.arch, library=library) as run:
         start = time.perf_counter()
-        output = pipe(run.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+        output = pipe(run.prompt, negative_prompt=run.negative_prompt, num_inference_steps=args.steps,
                       guidance_scale=args.cfg, width=args.width, height=args.height,
                       generator=torch.Generator("cpu").manual_seed(args.seed),
                       callback_on_step_end=run.callback, callback_on_step_end_tensor_inputs=run.callback_tensor_inputs)
         seconds = time.perf_counter() - start
     image = output.images[0]
-    return Rendered(image, infotext(args, pipe, run, image.size, model), run, seconds)
+    return Rendered(image, infotext(args, pipe, run, image.size, model, lora_hashes(run.plan, library)), run, seconds)
 
 
-def save_png(image: Any, path: Path, text: str) -> None:
+def check_out(path: Path) -> str:
+    """The image format for ``--out`` from its suffix; other suffixes are refused (their infotext would be lost)."""
+    found = IMAGE_FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise LoraError(f"--out {path}: cannot write the generation parameters into a '{path.suffix or 'no suffix'}' "
+                        "file; use .png (a 'parameters' text chunk) or .jpg/.jpeg/.webp (EXIF UserComment).")
+    return found
+
+
+def save_image(image: Any, path: Path, text: str) -> None:
+    """Write ``image`` with its infotext where A1111 reads it: PNG text chunk, JPEG/WEBP EXIF UserComment."""
+    from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    info = PngInfo()
-    info.add_text("parameters", text)
+    kind = check_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    if kind == "PNG":
+        info = PngInfo()
+        info.add_text("parameters", text)
+        image.save(path, format=kind, pnginfo=info)
+        return
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")  # EXIF's "Unicode" comment
+    image.convert("RGB").save(path, format=kind, exif=exif.tobytes(), quality=95)
+
+
 
 
 def print_timings(load: float, rendered: Rendered, out: Any = None) -> None:
@@ -169,7 +231,26 @@ def print_timings(load: float, rendered: Rendered, out: Any = None) -> None:
     print(f"restore      {t.restore * 1000:9.1f} ms", file=out)
 
 
+def quiet_libraries() -> None:
+    """Keep the console to our own progress and messages: diffusers' and transformers' notices (e.g. "requires
+    torchvision") and their loading bars are off; their errors still show. Set before they are imported, so
+    notices given at import time are covered too."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)  # before minutes of loading and sampling
+    quiet_libraries()
     model_dir, demo_loras = _demo_paths()
     lora_dirs = [Path(d) for d in args.lora_dir] if args.lora_dir else ([demo_loras] if demo_loras.is_dir() else [])
     start = time.perf_counter()
@@ -178,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=False, desc="sampling")
     model = Path(args.model).name if args.model else "demo"
     rendered = render(pipe, args, lora_dirs, model)
-    save_png(rendered.image, args.out, rendered.infotext)
+    save_image(rendered.image, args.out, rendered.infotext)
     for warning in rendered.run.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print_timings(load, rendered)

@@ -11,5 +11,6 @@ from pathlib import Path
 KIT_DIR: Path = Path(__file__).resolve().parent / "kit"
 MODEL_DIR: Path = KIT_DIR / "model"
 LORA_DIR: Path = KIT_DIR / "loras"
+DEMO_MODEL_NAME = "lora-syntax-demo-tiny-sd15"  # the demo LoRAs' ss_sd_model_name: inspect maps them onto MODEL_DIR
 
-__all__ = ["KIT_DIR", "MODEL_DIR", "LORA_DIR"]
+__all__ = ["DEMO_MODEL_NAME", "KIT_DIR", "LORA_DIR", "MODEL_DIR"]

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from . import DEMO_MODEL_NAME
+
 STOP_WORDS = {"a", "on", "background"}
 
 
@@ -44,7 +46,7 @@ def kohya_metadata(card: LoraCard, captions: list[str], steps: int, seed: int) -
         "ss_output_name": card.name, "ss_training_comment": card.description,
         "ss_tag_frequency": json.dumps({folder: tag_frequency(captions)}),
         "ss_num_train_images": str(len(captions)), "ss_max_train_steps": str(steps), "ss_seed": str(seed),
-        "ss_resolution": "(32, 32)", "ss_sd_model_name": "lora-syntax-demo-tiny-sd15",
+        "ss_resolution": "(32, 32)", "ss_sd_model_name": DEMO_MODEL_NAME,
         "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
         "modelspec.title": card.title, "modelspec.description": card.description,

@@ -14,12 +14,12 @@ PEFT files carry no alpha (scale 1) unless ``.alpha`` keys or diffusers' ``lora_
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Mapping
 
 import torch
 
+from ..io import parse_json
 from ..keymaps.kohya import text_model_alias
 from ..keymaps.tree import ModelTree
 from .base import Grouped, ModuleParams
@@ -108,14 +108,14 @@ def _alpha_for(module: str, alpha: float | None, pattern: Mapping[str, float]) -
     return alpha
 
 
-def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None) -> Grouped:
-    """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none."""
+def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None, source: str = "this file") -> Grouped:
+    """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none
+    (``source`` names the file in the warning about metadata that is not JSON)."""
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return grouped
-    try:
-        config = json.loads(raw)
-    except ValueError:
+    config = parse_json(raw, what=f"the lora_adapter_metadata of {source}")
+    if not isinstance(config, dict):
         return grouped
     modules = []
     for params in grouped.modules:

@@ -27,6 +27,7 @@ from ..keymaps.build import tree_from_pipeline
 from ..keymaps.tree import pipeline_components
 from ..plan import Plan
 from ..session import EngineRun, EngineSession, Reweight, RunTimings
+from ..syntax import strip_negative
 
 __all__ = ["ActiveRun", "LoraSession", "Reweight", "RunTimings", "activate", "generate", "restore", "session_for"]
 
@@ -44,6 +45,7 @@ class ActiveRun:
     callback_tensor_inputs: list[str]
     warnings: tuple[str, ...]
     timings: RunTimings
+    negative_prompt: str | None = None   # the negative prompt to pass, without LoRA tags (never applied)
 
 
 def _flavour(pipe: object) -> str:
@@ -107,21 +109,23 @@ class LoraSession(EngineSession):
         """Apply step-1 weights, yield the run; restore on leaving (unless ``keep``) and always on error."""
         run = self.start(prompt, steps)
         try:
-            yield self._active_run(run, negative_prompt)
+            yield self._active_run(run, *strip_negative(negative_prompt))
         except BaseException:
             run.end()
             raise
         run.end(keep=keep)
 
-    def _active_run(self, run: EngineRun, negative_prompt: str | None) -> ActiveRun:
-        warnings = run.warnings
+    def _active_run(self, run: EngineRun, negative_prompt: str | None, negative_note: str | None) -> ActiveRun:
+        warnings = run.warnings + ((negative_note,) if negative_note else ())
         te_changes = run.te_change_points
         if te_changes and _flavour(self.pipe) == "flux" and any(
                 st.target.component == "text_encoder" and st.change_points() for st in self.patcher.stacks):
-            warnings += ("FLUX: a CLIP (text_encoder) weight schedule changes only the per-token embeddings; "
-                         "the pooled CLIP vector keeps its step-1 weights (the pipeline cannot replace it).",)
+            warnings += ("FLUX: a CLIP (text_encoder) weight schedule changes nothing after step 1: FLUX reads only "
+                         "CLIP's pooled vector, which the pipeline takes once (its per-token embeddings come from T5, "
+                         "text_encoder_2). Schedule text_encoder_2 instead, or keep the CLIP weight constant.",)
         inputs = tensor_inputs(self.pipe) if te_changes else []
-        return ActiveRun(run.prompt, run.plan, _make_callback(run, negative_prompt), inputs, warnings, run.timings)
+        return ActiveRun(run.prompt, run.plan, _make_callback(run, negative_prompt), inputs, warnings, run.timings,
+                         negative_prompt)
 
 
 def _make_callback(run: EngineRun, negative_prompt: str | None) -> Callable[..., dict]:
@@ -195,6 +199,8 @@ def generate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), st
     with activate(pipe, prompt, lora_dirs=lora_dirs, steps=steps, library=library, architecture=architecture,
                   negative_prompt=pipe_kwargs.get("negative_prompt")) as run:
         extra = list(pipe_kwargs.pop("callback_on_step_end_tensor_inputs", []) or [])
+        if "negative_prompt" in pipe_kwargs:
+            pipe_kwargs["negative_prompt"] = run.negative_prompt
         inputs = list(dict.fromkeys([*run.callback_tensor_inputs, *extra]))
         return pipe(run.prompt, num_inference_steps=steps, callback_on_step_end=run.callback,
                     callback_on_step_end_tensor_inputs=inputs, **pipe_kwargs)

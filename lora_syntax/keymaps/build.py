@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from ..errors import LoraError
-from .tree import ModelTree, modules_of, pipeline_components
+from .tree import DENOISERS, TEXT_ENCODERS, ModelTree, modules_of, pipeline_components
 
 # Pipeline class name fragments -> architecture, most specific first. ``None`` = decide by the UNet config.
 PIPELINE_CLASSES: tuple[tuple[str, str | None], ...] = (
@@ -62,3 +63,58 @@ def tree_from_pipeline(pipe: object, architecture: str | None = None) -> ModelTr
         raise LoraError(f"cannot tell the architecture of a {type(pipe).__name__}; pass architecture="
                         "'sd15', 'sd2', 'sdxl' or 'flux'")
     return tree_from_modules(architecture, pipeline_components(pipe))
+
+
+def _architecture_of_folder(index: Mapping[str, object], unet_config: Mapping[str, object] | None) -> str | None:
+    """``pipeline_architecture`` for a model folder: its ``model_index.json`` class and UNet config."""
+    class_name = str(index.get("_class_name", ""))
+    for fragment, architecture in PIPELINE_CLASSES:
+        if fragment in class_name:
+            width = (unet_config or {}).get("cross_attention_dim")
+            return architecture or (UNET_WIDTHS.get(width, "sd15") if isinstance(width, int) else "sd15")
+    return None
+
+
+def _meta_component(folder: Path, library: str, class_name: str) -> torch.nn.Module:
+    """One component of a diffusers model folder, built from its config on the ``meta`` device (no weights)."""
+    import importlib
+
+    cls = getattr(importlib.import_module(library), class_name)
+    with torch.device("meta"):
+        if library == "diffusers":
+            return cls.from_config(cls.load_config(str(folder)))
+        from transformers import AutoConfig
+
+        return cls(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+
+
+def tree_from_model_dir(folder: str | Path, architecture: str | None = None) -> ModelTree:
+    """The module tree of a diffusers model folder (``model_index.json`` + one folder per component),
+    from the components' configs only, so no weights are read; disk-cached like the reference trees.
+
+    Lets ``inspect`` check a LoRA against the model it was made for (a pruned, resized or custom one).
+    """
+    import json
+
+    from .tree_cache import cached_tree
+
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        parts = {name: spec for name, spec in index.items()
+                 if name in TEXT_ENCODERS + DENOISERS and isinstance(spec, list) and None not in spec}
+        configs = {name: (folder / name / "config.json").read_text(encoding="utf-8") for name in parts}
+        unet = json.loads(configs["unet"]) if "unet" in configs else None
+    except (OSError, ValueError) as error:
+        raise LoraError(f"'{folder}' is not a diffusers model folder (model_index.json and a config.json per "
+                        f"component): {error}") from error
+    architecture = architecture or _architecture_of_folder(index, unet)
+    if architecture is None or not parts:
+        raise LoraError(f"cannot tell the architecture of the model in '{folder}' ({index.get('_class_name')}); "
+                        "it holds no text encoder or denoiser this tool knows.")
+
+    def build() -> ModelTree:
+        return tree_from_modules(architecture, {name: _meta_component(folder / name, *spec)
+                                                for name, spec in parts.items()})
+
+    return cached_tree(f"model-{architecture}", json.dumps([parts, configs], sort_keys=True), build)

@@ -102,3 +102,70 @@ def ldm_names(modules: list[str] | tuple[str, ...] | Mapping[str, object],
         if name is not None:
             found[name] = module
     return found
+
+
+# -- the other direction: a model whose own modules have LDM/SGM names (A1111, Forge) -------------------
+
+# A UNet block with attention has a transformer at slot 1 of its LDM block (``input_blocks.4.1.proj_in``...).
+_ATTENTION_PARTS = ("proj_in", "transformer_blocks", "norm", "proj_out")
+
+
+def _attention_at(modules: set[str], prefix: str) -> bool:
+    return any(f"{prefix}.{part}" in modules or any(m.startswith(f"{prefix}.{part}.") for m in modules)
+               for part in _ATTENTION_PARTS[:2])
+
+
+def ldm_config(modules: list[str] | tuple[str, ...] | Mapping[str, object]) -> dict[str, object]:
+    """The diffusers UNet config facts (``layers_per_block``, block types) read off LDM/SGM module names.
+
+    ``input_blocks.{L+1}.0.op`` is the first downsampler, so L = its index - 1; the number of ``.op``
+    modules + 1 is the block count; a block has attention when its slot 1 holds a transformer.
+    """
+    names = set(modules)
+    ops = sorted(int(m.split(".")[1]) for m in names if m.startswith("input_blocks.") and m.endswith(".0.op"))
+    if not ops:
+        raise ValueError("not an LDM/SGM UNet: no input_blocks.N.0.op downsampler")
+    layers = ops[0] - 1
+    blocks = len(ops) + 1
+    down = [("CrossAttnDownBlock2D" if _attention_at(names, f"input_blocks.{1 + i * (layers + 1)}.1")
+             else "DownBlock2D") for i in range(blocks)]
+    up = [("CrossAttnUpBlock2D" if _attention_at(names, f"output_blocks.{i * (layers + 1)}.1")
+           else "UpBlock2D") for i in range(blocks)]
+    return {"layers_per_block": layers, "down_block_types": down, "up_block_types": up}
+
+
+def diffusers_prefixes(config: Mapping[str, object]) -> dict[str, str]:
+    """``{LDM block prefix: diffusers block prefix}``: :func:`block_prefixes` inverted, attention slots only
+    where the block has attention (``output_blocks.2.1`` is SD1.5's first upsampler, not an attention)."""
+    down_types = list(config.get("down_block_types", ()))
+    up_types = list(config.get("up_block_types", ()))
+    inverse = {}
+    for diffusers, ldm in block_prefixes(config).items():
+        parts = diffusers.split(".")
+        if parts[2] == "attentions" and parts[0] != "mid_block":
+            types = down_types if parts[0] == "down_blocks" else up_types
+            if not _has_attention(types[int(parts[1])]):
+                continue
+        inverse[ldm] = diffusers
+    return inverse
+
+
+_TOP_LEVEL_INVERSE = {ldm: diffusers for diffusers, ldm in TOP_LEVEL.items()}
+_RESNET_INVERSE = {ldm: diffusers for diffusers, ldm in RESNET.items()}
+
+
+def diffusers_name(module: str, prefixes: Mapping[str, str]) -> str | None:
+    """The diffusers name of LDM/SGM UNet module ``module`` (``prefixes`` from :func:`diffusers_prefixes`)."""
+    if module in _TOP_LEVEL_INVERSE:
+        return _TOP_LEVEL_INVERSE[module]
+    parts = module.split(".")
+    for cut in range(min(len(parts), 4), 1, -1):
+        head = ".".join(parts[:cut])
+        if head not in prefixes:
+            continue
+        target, rest = prefixes[head], parts[cut:]
+        if ".resnets." in f".{target}.":
+            tail = ".".join(rest)
+            rest = [_RESNET_INVERSE.get(tail, tail)] if tail else []
+        return ".".join([target, *rest])
+    return None

@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .build import tree_from_modules
 from .tree import ModelTree
+from .tree_cache import cached_tree
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -82,12 +84,23 @@ REFERENCE_BUILDERS: dict[str, Callable[[], dict[str, torch.nn.Module]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def reference_tree(architecture: str) -> ModelTree:
-    """The module tree of the full-size ``architecture`` model, built on the ``meta`` device (cached)."""
+def build_reference_tree(architecture: str) -> ModelTree:
+    """The module tree of the full-size ``architecture`` model, built now on the ``meta`` device."""
     if architecture not in REFERENCE_BUILDERS:
         raise ValueError(f"no reference model for architecture {architecture!r}; "
                          f"known: {', '.join(REFERENCE_BUILDERS)}")
     with torch.device("meta"):
         components = REFERENCE_BUILDERS[architecture]()
     return tree_from_modules(architecture, components)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_tree(architecture: str) -> ModelTree:
+    """The module tree of the full-size ``architecture`` model: from the disk cache (:mod:`.tree_cache`) when
+    one was built for these configs and library versions, else built and stored (memory-cached too)."""
+    if architecture not in REFERENCE_BUILDERS:
+        return build_reference_tree(architecture)  # raises the message listing the known ones
+    # the configs live in this file and in flux.py: their text is what the tree depends on
+    sources = "".join(Path(__file__).with_name(name).read_text(encoding="utf-8") for name in ("reference.py",
+                                                                                              "flux.py"))
+    return cached_tree(f"reference-{architecture}", sources, lambda: build_reference_tree(architecture))

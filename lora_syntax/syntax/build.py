@@ -21,6 +21,11 @@ STAGES = ("high", "low")
 COMPONENT_NAMES = ("te", "unet", "text_encoder", "text_encoder_2", "text_encoder_3",
                    "transformer", "transformer_2", "high", "low")
 _FIELD = {"in": "in_"}
+#: Keyframes one weight may hold (docs/syntax.md, "Limits"): a schedule longer than this is an error.
+MAX_KEYFRAMES = 1024
+#: Largest |number| a weight or lbw multiplier may be: beyond it a fused weight overflows half precision
+#: (65,504) for any usual LoRA, and 1e308 overflows even the fp32 sum.
+MAX_WEIGHT = 10_000.0
 _STEP = re.compile(r"\d+")
 
 
@@ -34,9 +39,12 @@ class TagProblem(Exception):
         self.kind = kind  # "unknown key", "duplicate key", "empty name", "bad number", "bad schedule"...
 
 
+SUGGEST_CUTOFF = 0.6  # difflib ratio: 'tee'->'te' 0.8, 'info'->'in' 0.67; 'bogus'->'out' (0.5) is no suggestion
+
+
 def _did_you_mean(word: str, options: tuple[str, ...]) -> str:
     lowered = {option.lower(): option for option in options}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=SUGGEST_CUTOFF)
     listed = ", ".join(options)
     return f" (did you mean '{lowered[close[0]]}'?)" if close else f"; expected one of: {listed}"
 
@@ -50,6 +58,10 @@ def _number(item: RawItem, what: str) -> float:
         # nan/inf/infinity lex as numbers (tags.lark) so that they get this message, like 1e999 does
         raise TagProblem(f"bad number {item.text!r} for {what}: {item.text!r} is not a finite number; use a "
                          f"number such as 0.8", item.pos, "bad number")
+    if abs(value) > MAX_WEIGHT:
+        raise TagProblem(f"bad number {item.text!r} for {what}: weights and multipliers are limited to "
+                         f"±{MAX_WEIGHT:,.0f} (larger ones overflow the model's numbers); use a number such as "
+                         f"0.8", item.pos, "bad number")
     return value
 
 
@@ -102,6 +114,9 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
         return frozen(Schedule, {"keyframes": inner.keyframes, "interpolation": "lerp"})
     if len(items) == 1 and items[0].kind == "number":
         return Schedule.constant(_number(items[0], what))
+    if len(items) > MAX_KEYFRAMES:
+        raise TagProblem(f"bad schedule for {what}: {len(items):,} keyframes; at most {MAX_KEYFRAMES:,} are "
+                         f"allowed per weight (use lerp() for a ramp)", items[MAX_KEYFRAMES].pos, "bad schedule")
     frames = []
     for item in items:
         if item.kind == "number":

@@ -28,6 +28,21 @@ def _keyframe(frame: Keyframe) -> str:
     return f"{_number(frame.value)}@{_fixed(frame.at)}"
 
 
+def format_number(value: float) -> str:
+    """The shortest text that parses back to exactly ``value`` (``0.8``, ``1``, ``0.3333333333333333``)."""
+    return _number(value)
+
+
+def format_tag_parts(tag: LoraTag, keys: tuple[str, ...]) -> list[str]:
+    """The ``key=value`` parts of ``tag`` for the given keys (``dyn``, ``lbw``), as :func:`format_tag` writes them."""
+    parts = []
+    if "dyn" in keys and tag.dyn is not None:
+        parts.append(f"dyn={tag.dyn}")
+    if "lbw" in keys and tag.lbw is not None:
+        parts.append(f"lbw={_lbw(tag.lbw)}")
+    return parts
+
+
 def format_keyframe(frame: Keyframe) -> str:
     """``0.6@6``, ``1@50%``: one keyframe as plan warnings quote it."""
     return _keyframe(frame)

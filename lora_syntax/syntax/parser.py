@@ -20,6 +20,9 @@ from .report import ERROR_EXAMPLES, lark_problem, syntax_error
 
 _OPEN = re.compile(r"<[ \t]*(?:lora|lyco)\s*:", re.IGNORECASE)
 _CACHE_SIZE = 4096
+#: Work per prompt is bounded (docs/syntax.md, "Limits"): a longer prompt, or more tags, is one clear error.
+MAX_PROMPT_CHARS = 65_536
+MAX_TAGS = 256
 _LABELS: dict[tuple, str | None] = {}
 
 
@@ -123,12 +126,33 @@ def _one(prompt: str, start: int, end: int, closed: bool) -> LoraTag | LoraSynta
     return syntax_error(message, text=prompt, offset=start + offset, tag=text)
 
 
+def _over_limit(prompt: str, found: list[tuple[int, int, bool]]) -> LoraSyntaxError | None:
+    """The error for a prompt past :data:`MAX_PROMPT_CHARS` or :data:`MAX_TAGS` (None when within both)."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        problem = (f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are read for LoRA "
+                   "tags. Shorten it")
+        start = found[0][0] if found else 0
+    elif len(found) > MAX_TAGS:
+        problem = f"the prompt has {len(found):,} LoRA tags; at most {MAX_TAGS} are allowed. Remove some"
+        start = found[MAX_TAGS][0]
+    else:
+        return None
+    end = next((e for s, e, _ in found if s == start), start + 1)
+    return syntax_error(problem, text=prompt, offset=start, tag=prompt[start:end][:200])
+
+
 @lru_cache(maxsize=512)
 def _parse(prompt: str, on_error: str) -> ParsedPrompt:
     tags: list[LoraTag] = []
     errors: list[LoraSyntaxError] = []
     spans = []
-    for start, end, closed in _find_tags(prompt):
+    found = _find_tags(prompt)
+    limit = _over_limit(prompt, found)
+    if limit is not None:   # nothing parsed: every tag is removed and none applied
+        if on_error == "raise":
+            raise limit
+        return ParsedPrompt(_clean(prompt, [(s, e) for s, e, _ in found]), (), (limit,), prompt)
+    for start, end, closed in found:
         result = _one(prompt, start, end, closed)
         if isinstance(result, LoraSyntaxError):
             if on_error == "raise":
@@ -151,3 +175,25 @@ def parse(prompt: str, *, on_error: Literal["raise", "skip"] = "raise") -> Parse
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
     return _parse(prompt, on_error)
+
+
+def strip_negative(text: str | None) -> tuple[str | None, str | None]:
+    """(the negative prompt without LoRA tags, a warning naming the removed tags or None).
+
+    A LoRA applies to the model, not to one prompt, so a tag in the negative prompt cannot be applied there:
+    every host removes it (good and malformed tags alike) and says so, rather than feeding its text to the
+    tokenizer. ``None``/empty stays ``None``."""
+    if not text:
+        return None, None
+    try:
+        parsed = parse(text, on_error="skip")
+    except LoraSyntaxError as error:   # past the limits: nothing of it is read as tags
+        return None, f"negative prompt not used: {error}"
+    removed = [tag.text for tag in parsed.tags] + [error.tag for error in parsed.errors]
+    if not removed:
+        return text, None
+    shown = ", ".join(repr(t if len(t) <= 60 else t[:57] + "...") for t in removed[:5])
+    more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+    return (parsed.prompt or None,
+            f"LoRA tags in the negative prompt are not applied (a LoRA changes the model, not one prompt); removed "
+            f"from it: {shown}{more}")

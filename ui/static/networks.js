@@ -24,17 +24,23 @@
     box.dispatchEvent(new Event("input", { bubbles: true }));
     if (cursor !== undefined && box.setSelectionRange) { box.setSelectionRange(cursor, cursor); }
   }
-  function insertAt(box, piece) {
-    const text = box.value;
-    const at = state.focused.has(box) ? box.selectionStart : text.length;
-    const before = text.slice(0, at), after = text.slice(at);
-    const left = before && !/[\s,]$/.test(before) ? ", " : (before && !/\s$/.test(before) ? " " : "");
-    const right = after && !/^[\s,]/.test(after) ? ", " : "";
-    setText(box, before + left + piece + right + after, (before + left + piece).length);
+  // ---- Pure text edits (no DOM), so that inserting and removing can be tested without a browser
+  // (tests/test_ui_networks_js.py runs them in node). Insert returns what it added; removing with that
+  // record gives back the text exactly as it was, wherever the cursor was and whatever weight the tag has now.
+  function separators(before, after) {
+    // left: none at the start or after whitespace, " " after a bare comma, ", " after a word;
+    // right: none at the end or before a comma, "," before whitespace, ", " before a word.
+    const left = !before.trim() ? "" : /,$/.test(before) ? " " : /\s$/.test(before) ? "" : ", ";
+    const rest = after.trimStart();
+    const right = !rest || rest[0] === "," ? "" : /^\s/.test(after) ? "," : ", ";
+    return [left, right];
   }
-  function tidy(text) {
-    return text.replace(/[ \t]*,[ \t]*(,[ \t]*)+/g, ", ").replace(/[ \t]{2,}/g, " ")
-      .replace(/^[\s,]+|[\s,]+$/g, "");
+  function insertPiece(text, at, piece, words) {
+    const before = text.slice(0, at), after = text.slice(at);
+    const [left, right] = separators(before, after);
+    const body = [piece].concat(words || []).join(", ");
+    return { text: before + left + body + right + after, cursor: (before + left + body).length,
+             added: { left: left, right: right, words: (words || []).slice() } };
   }
   function findTag(text, name) {
     // Every "<lora:" or "<lyco:" opening, its name read up to ":" or ">" and compared whole.
@@ -48,12 +54,49 @@
     }
     return null;
   }
+  function joinAt(before, after) {
+    // What removing a piece from between `before` and `after` leaves: one separator, none at either end.
+    if (!before.trim()) { return { text: before + after.replace(/^[\s,]+/, ""), cursor: before.length }; }
+    if (!after.trim()) { before = before.replace(/[\s,]+$/, ""); return { text: before, cursor: before.length }; }
+    if (/,\s*$/.test(before) && /^\s*,/.test(after)) { before = before.replace(/\s*,\s*$/, ""); }
+    else if (/\s$/.test(before)) { after = after.replace(/^[ \t]+/, ""); }
+    return { text: before + after, cursor: before.length };
+  }
   function removeWord(text, word) {
     const parts = text.split(",");
     const i = parts.findIndex((p) => p.trim() === word);
     if (i < 0) { return text; }
     parts.splice(i, 1);
-    return parts.join(",");
+    return parts.join(",").replace(/^\s+/, "");
+  }
+  function removeTag(text, name, added) {
+    // `added` is the record insertPiece returned (null when the tag was typed or the page reloaded).
+    const span = findTag(text, name);
+    if (!span) { return null; }
+    const [a, b] = span;
+    if (added && a >= added.left.length) {
+      const start = a - added.left.length;
+      const tail = added.words.map((w) => ", " + w).join("") + added.right;
+      const before = text.slice(0, start), after = text.slice(b + tail.length);
+      // exact only if inserting here again would add these very separators (", zorbstar" must not match
+      // the start of ", zorbstar shape")
+      const [left, right] = separators(before, after);
+      if (text.slice(start, a) === added.left && text.startsWith(tail, b) && left === added.left
+          && right === added.right) {
+        return { text: before + after, cursor: start };
+      }
+    }
+    // The text around the tag changed since: remove the tag, then the words this card added that are
+    // still whole comma-separated parts, and leave one separator where the tag was.
+    const joined = joinAt(text.slice(0, a), text.slice(b));
+    let rest = joined.text;
+    for (const word of (added ? added.words : [])) { rest = removeWord(rest, word); }
+    return { text: rest, cursor: Math.min(joined.cursor, rest.length) };
+  }
+  function insertAt(box, piece) {
+    const at = state.focused.has(box) ? box.selectionStart : box.value.length;
+    const edit = insertPiece(box.value, at, piece, []);
+    setText(box, edit.text, edit.cursor);
   }
   function hasWord(text, word) {
     const lower = text.toLowerCase(), w = word.toLowerCase();
@@ -78,18 +121,18 @@
     if (!data.name) { status(card, data.problem); return; }
     const memory = state.added.get(box) || new Map();
     state.added.set(box, memory);
-    const span = findTag(box.value, data.name);
-    if (span) {
-      let text = box.value.slice(0, span[0]) + box.value.slice(span[1]);
-      for (const word of memory.get(data.name) || []) { text = removeWord(text, word); }
+    const removed = removeTag(box.value, data.name, memory.get(data.name));
+    if (removed) {
       memory.delete(data.name);
-      setText(box, tidy(text));
+      setText(box, removed.text, removed.cursor);
       return;
     }
     const words = document.querySelector("#lsx_autoinsert input[type=checkbox]");
     const wanted = (!words || words.checked) ? data.words.filter((w) => !hasWord(box.value, w)) : [];
-    memory.set(data.name, wanted);
-    insertAt(box, ["<lora:" + data.name + ":" + data.weight + ">"].concat(wanted).join(", "));
+    const at = state.focused.has(box) ? box.selectionStart : box.value.length;
+    const edit = insertPiece(box.value, at, "<lora:" + data.name + ":" + data.weight + ">", wanted);
+    memory.set(data.name, edit.added);
+    setText(box, edit.text, edit.cursor);
   }
   function openDetails(button) {
     const field = boxOf("lsx_details_name");
@@ -131,6 +174,7 @@
   document.addEventListener("mousedown", (event) => {
     if (event.target.closest && event.target.closest(".lsx-card, .lsx-chip")) { event.preventDefault(); }
   });
-  window.loraSyntax = { toggle: toggle, activeBox: activeBox };
+  window.loraSyntax = { toggle: toggle, activeBox: activeBox,
+                       text: { insertPiece: insertPiece, removeTag: removeTag, findTag: findTag } };
   return [];
 }
