@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import SDXL, materialise, sync, write_loras  # noqa: E402
+from bench_engine import SDXL, materialise, timed, write_loras  # noqa: E402
 
 from lora_syntax.hosts.diffusers import activate  # noqa: E402
 
@@ -72,15 +71,9 @@ def build_pipeline(device: str, dtype: torch.dtype, reduced: bool):
 
 
 def per_image(fn, device: str, repeat: int) -> float:
-    fn()   # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Best time of one image after a warm-up run."""
+    fn()
+    return timed(fn, device, repeat)
 
 
 def main() -> int:
