@@ -33,15 +33,19 @@ def kind_of(component: str) -> str:
 
 
 def _prefix_table() -> tuple[tuple[str, str], ...]:
-    """(prefix, kind), longest prefix first, from every dialect's component prefixes."""
-    table: dict[str, str] = {}
-    for by_component in KOHYA_PREFIXES.values():
-        for component, prefixes in by_component.items():
-            table.update((prefix, kind_of(component)) for prefix in prefixes)
-    table.update((prefix, kind_of(component)) for prefix, component in KOHYA_TE_PREFIXES.items())
-    table.update((component + ".", kind_of(component)) for component in COMPONENT_PREFIXES)
-    table.update((prefix, kind_of(component)) for prefix, component in BFL_TEXT_PREFIXES.items())
-    table.update((prefix, "unet") for prefix in TRANSFORMER_PREFIXES if prefix)
+    """(prefix, kind), longest prefix first, from every dialect's component prefixes. Kinds do not depend
+    on the architecture (FLUX's ``lora_unet_`` is its transformer, SD's its UNet: both the denoiser); a
+    prefix two tables gave different kinds would make the answer depend on their order, so it is refused."""
+    rows = [(prefix, kind_of(component)) for by_component in KOHYA_PREFIXES.values()
+            for component, prefixes in by_component.items() for prefix in prefixes]
+    rows += [(prefix, kind_of(component)) for prefix, component in KOHYA_TE_PREFIXES.items()]
+    rows += [(component + ".", kind_of(component)) for component in COMPONENT_PREFIXES]
+    rows += [(prefix, kind_of(component)) for prefix, component in BFL_TEXT_PREFIXES.items()]
+    rows += [(prefix, "unet") for prefix in TRANSFORMER_PREFIXES if prefix]
+    table = dict(rows)
+    clash = sorted({prefix for prefix, kind in rows if table[prefix] != kind})
+    if clash:
+        raise ValueError(f"key prefixes {clash} name both a text encoder and a denoiser in the key maps")
     return tuple(sorted(table.items(), key=lambda row: -len(row[0])))
 
 
