@@ -32,9 +32,11 @@ import torch
 from .errors import LoraError, LoraFileError, LoraNameError
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, pickle_error, read_metadata
 from .metadata import LoraInfo, read_info, sidecar
+from .plan import COMPONENTS, DENOISERS, TEXT_ENCODERS, Plan
 
 GIB = 1024 ** 3
 ALIAS_KEYS = ("ss_output_name", "modelspec.title")
+KIND_COMPONENTS = {"te": TEXT_ENCODERS, "unet": DENOISERS}  # LoraInfo.touches -> the plan's component names
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -420,6 +422,24 @@ class LoraLibrary:
                 self._infos = {k: v for k, v in self._infos.items() if k[0] != entry.path}
                 self._infos[key] = read_info(entry.path, roots=self.roots)
             return self._infos[key]
+
+    def touching(self, plan: Plan, *, rescan: bool = True) -> Plan:
+        """``plan`` whose strength warning counts, for each LoRA, only the components its file has keys for,
+        as its header says (``LoraInfo.touches``, cached with the entry): what every plan shown before a run
+        (Plan view, ``explain``) uses. A name that does not resolve, or a file whose key names do not say,
+        counts on every component. ``rescan=False``: names are looked up in the last scan (per keystroke)."""
+        if not plan.stack_warnings:  # fewer components can only lower the sums: no file needs reading
+            return plan
+        touched = {lora.name: self.touched_components(lora.name, rescan=rescan) for lora in plan.loras}
+        return plan.touching(lambda lora: touched[lora.name])
+
+    def touched_components(self, name: str, *, rescan: bool = True) -> tuple[str, ...]:
+        """The plan components the file ``name`` resolves to has keys for (every one when unknown)."""
+        try:
+            kinds = self.info(self.resolve(name, rescan=rescan)).touches
+        except LoraError:
+            kinds = None
+        return COMPONENTS if kinds is None else tuple(c for kind in kinds for c in KIND_COMPONENTS[kind])
 
     def load(self, entry_or_name: LoraEntry | str, tree):
         """The LoRA mapped onto ``tree`` (a :class:`~lora_syntax.keymaps.tree.ModelTree`), from the cache

@@ -67,6 +67,7 @@ class LoraInfo:
     tag_frequency: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
     tensor_count: int = 0
+    touches: tuple[str, ...] | None = None  # "te"/"unet": what the keys are for (formats.touches); None: unknown
 
 
 def sidecar(path: Path, suffix: str) -> Path:
@@ -195,6 +196,15 @@ def detect_format(keys: Iterable[str]) -> str:
         return pick_dialect(keys).name
     except LoraFileError:
         return "unknown"
+
+
+def touched_kinds(keys: Iterable[str]) -> tuple[str, ...] | None:
+    """``("te",)``, ``("unet",)`` or both: what the file's keys are for, by name (:mod:`lora_syntax.formats.touches`)."""
+    try:
+        from .formats.touches import touched_kinds as from_names
+    except ImportError:
+        return None
+    return from_names(keys)
 
 
 def guess_format(keys: Iterable[str]) -> str:
@@ -369,7 +379,8 @@ def read_info(path: str | Path, *, header: SafetensorsHeader | None = None,
         adapter_types=guess_adapter_types(header.shapes), rank=guess_rank(header.shapes),
         alpha=guess_alpha(path, header, roots), trainer=guess_trainer(header.metadata, f"'{path}'"),
         base_model=base_model, trigger_words=words, trigger_source=source, preview=preview,
-        tag_frequency=tag_counts, metadata=dict(header.metadata), tensor_count=len(header.shapes), **texts)
+        tag_frequency=tag_counts, metadata=dict(header.metadata), tensor_count=len(header.shapes),
+        touches=touched_kinds(header.shapes), **texts)
 
 
 def _atomic_write(target: Path, data: bytes) -> None:

@@ -141,8 +141,9 @@ class EngineRun:
         """Start another sampling pass of this generation (hires, refiner) with its own step count."""
         self._check_active()
         if steps != self.plan.steps:
-            self.plan = self.session.plan(self.source, steps)
-            entries, _ = resolve_stack(self.plan, self.session.library, self.session.tree)
+            plan = self.session.plan(self.source, steps)
+            entries, _ = resolve_stack(plan, self.session.library, self.session.tree)
+            self.plan = plan.touching(touched_components(entries), self.session.components)  # as start() does
             self.session.patcher.load(module_stacks(entries))
         self.session.patcher.apply(1)
         self.passes.append(steps)

@@ -84,3 +84,29 @@ def test_plot_refuses_a_name_not_ending_in_png(tmp_path: Path) -> None:
     assert not target.exists() and result.stdout == ""
     upper = explain("<lora:x:1>", "--steps", "4", "--plot", str(tmp_path / "p.PNG"))
     assert upper.returncode == 0 and (tmp_path / "p.PNG").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- issue 13 item 5: the strength warning counts only what each file has keys for ---------------------------------
+STACKED = ("total LoRA strength above 1.5: {}denoiser in blocks 2.00 at step 1; denoiser mid blocks 2.00 at step 1; "
+           "denoiser out blocks 2.00 at step 1. Stacked LoRAs compound each other's artefacts: lower some weights")
+
+
+def test_demo_loras_without_text_encoder_keys_give_no_text_encoder_strength_warning() -> None:
+    result = explain("a <lora:sepia:1> <lora:night:1>", "--steps", "8", "--json")   # the demo LoRAs, by default
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["warnings"] == [STACKED.format("")]
+    elsewhere = explain("a <lora:sepia:1> <lora:night:1>", "--steps", "8", "--json", "--lora-dir", str(ROOT / "docs"))
+    assert json.loads(elsewhere.stdout)["warnings"] == [STACKED.format("text encoders 2.00 at step 1; ")]  # unknown
+
+
+def test_the_strength_warning_still_counts_a_file_that_has_text_encoder_keys() -> None:
+    zorbstar = explain("a <lora:zorbstar:2:0.5>", "--steps", "8")   # zorbstar has 36 text-encoder keys
+    assert zorbstar.stdout.splitlines()[-1] == (
+        "warning: <lora:zorbstar:2:0.5>: LoRA strength above 1.5: text encoders 2.00 at step 1. One LoRA this strong "
+        "tends to overcook the image (burnt colours, artefacts): lower its weight")
+    sepia = explain("a <lora:sepia:2:0.5>", "--steps", "8")
+    assert sepia.returncode == 0 and "warning:" not in sepia.stdout
+    both = explain("a <lora:zorbstar:1> <lora:night:1>", "--steps", "8", "--json")
+    assert json.loads(both.stdout)["warnings"] == [STACKED.format("")]          # text encoders: zorbstar's 1 only
+    twice = explain("a <lora:zorbstar:1> <lora:zorbstar:0.8>", "--steps", "8", "--json")
+    assert STACKED.format("text encoders 1.80 at step 1; ").replace("2.00", "1.80") in json.loads(twice.stdout)["warnings"]

@@ -203,3 +203,23 @@ def test_resolve_without_rescan_uses_the_last_scan_only(tmp_path) -> None:
     with pytest.raises(LoraNameError):
         library.resolve("late", rescan=False)       # the plan view's lookup: no folder scan per keystroke
     assert library.resolve("late").name == "late"   # Generate's lookup rescans once
+
+
+def test_touched_components_come_from_the_header_once_per_file(monkeypatch) -> None:
+    from lora_syntax import library as library_module
+    from lora_syntax.demo import LORA_DIR
+    from lora_syntax.plan import COMPONENTS, DENOISERS, build_plan
+
+    reads = []
+    real = library_module.read_info
+    monkeypatch.setattr(library_module, "read_info", lambda path, **kw: reads.append(path) or real(path, **kw))
+    library = LoraLibrary([LORA_DIR])
+    assert library.touched_components("sepia") == DENOISERS
+    assert library.touched_components("zorbstar") == COMPONENTS
+    assert library.touched_components("no such lora") == COMPONENTS        # unknown: counts everywhere
+    plan = build_plan("a <lora:sepia:1> <lora:night:1>", 8)
+    for _ in range(3):                                                    # as the Plan view, per keystroke
+        assert "text encoders" not in library.touching(plan, rescan=False).warnings[0]
+    assert sorted(p.name for p in reads) == ["night.safetensors", "sepia.safetensors", "zorbstar.safetensors"]
+    quiet = build_plan("a <lora:sepia:0.5>", 8)
+    assert library.touching(quiet) is quiet                               # no strength warning: nothing to read

@@ -245,3 +245,45 @@ def test_tag_frequency_with_nan_or_infinite_counts_skips_them() -> None:
     """JSON allows NaN/Infinity; a broken trainer's counts must not crash read_info."""
     folders, counts = parse_tag_frequency('{"10_ink": {"ink": 3, "wash": Infinity, "dry": NaN, "wet": -Infinity}}')
     assert folders == ["ink"] and counts == {"ink": 3}
+
+
+# -- issue 13 item 5: which components a file has keys for, from the header's key names ----------------------------
+TOUCH_EXAMPLES = [  # one key per dialect and component prefix -> its kind (None: the name does not say)
+    ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", "te"),
+    ("lora_te2_text_model_encoder_layers_3_self_attn_q_proj.lokr_w1", "te"),
+    ("lycoris_te1_text_model_encoder_layers_0_mlp_fc1.hada_w1_a", "te"),
+    ("lora_unet_down_blocks_0_attentions_0_proj_in.alpha", "unet"),
+    ("lycoris_input_blocks_4_1_proj_out.dora_scale", "unet"),
+    ("lycoris_time_embed_0.lora_up.weight", "unet"),
+    ("lora_transformer_single_transformer_blocks_3_attn_to_q.lora_up.weight", "unet"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight", "te"),
+    ("text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight", "te"),
+    ("unet.mid_block.attentions.0.proj_out.lora.down.weight", "unet"),
+    ("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", "unet"),
+    ("text_encoders.clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.lora_up.weight", "te"),
+    ("diffusion_model.double_blocks.0.img_attn.qkv.lokr_w1", "unet"),
+    ("double_blocks.0.processor.qkv_lora1.down.weight", "unet"),
+    ("down_blocks.1.attentions.0.proj_in.lora_A.weight", None),          # bare PEFT: could be either
+]
+
+
+@pytest.mark.parametrize(("key", "kind"), TOUCH_EXAMPLES)
+def test_each_dialects_component_prefix_gives_the_kind_of_component(key, kind) -> None:
+    from lora_syntax.formats.touches import key_kind
+
+    assert key_kind(key) == kind
+
+
+def test_info_says_which_kinds_of_component_the_file_touches(tmp_path: Path) -> None:
+    unet_only = {k: v for k, v in KOHYA.items() if k.startswith("lora_unet_")}
+    assert read_info(write(tmp_path, "both")).touches == ("te", "unet")
+    assert read_info(write(tmp_path, "unet", tensors=unet_only)).touches == ("unet",)
+    bare = {**unet_only, "down_blocks.1.attentions.0.proj_in.lora_A.weight": torch.zeros(8, 320)}
+    assert read_info(write(tmp_path, "bare", tensors=bare)).touches is None      # unknown: counts everywhere
+
+
+def test_demo_loras_touch_what_their_keys_name() -> None:
+    from lora_syntax.demo import LORA_DIR
+
+    touches = {name: read_info(LORA_DIR / f"{name}.safetensors").touches for name in ("sepia", "night", "zorbstar")}
+    assert touches == {"sepia": ("unet",), "night": ("unet",), "zorbstar": ("te", "unet")}

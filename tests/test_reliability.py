@@ -327,6 +327,14 @@ def test_the_strength_warning_counts_only_components_a_file_touches(tmp_path, sd
                                 "blocks 2.00 at step 1; denoiser out blocks 2.00 at step 1. Stacked LoRAs compound each other's artefacts: lower some weights",)
     with activate(sd15, "a <lora:sepia:1:unet=0.1> <lora:night:1:unet=0.1>", lora_dirs=[folder], steps=8) as run:
         assert run.warnings == ()   # only their text encoders would pass 1.5, and they have none
+    from lora_syntax.hosts.diffusers import session_for
+
+    run = session_for(sd15, [folder]).start(prompt, 8)
+    try:
+        run.begin_pass(4)           # a hires pass re-plans for its own steps: still only what the files touch
+        assert "text encoders" not in run.plan.warnings[0] and "denoiser in blocks 2.00" in run.plan.warnings[0]
+    finally:
+        run.end()
 
 
 def test_low_or_transformer_2_on_a_one_transformer_model_is_named(tmp_path):

@@ -167,6 +167,18 @@ def test_plan_view_names_unknown_loras_with_the_closest_names(model) -> None:
     assert "<lora:" not in plan_view("<lora:<img src=x onerror=alert(1)>:1>", 20)[0].replace("&lt;lora:", "")
 
 
+def test_plan_view_strength_warning_counts_only_components_each_demo_file_touches() -> None:
+    from lora_syntax.demo import LORA_DIR
+
+    library = LoraLibrary([LORA_DIR])
+    text, _ = plan_view("a <lora:sepia:1> <lora:night:1>", 8, library=library)   # neither has text-encoder keys
+    assert "denoiser in blocks 2.00 at step 1" in text and "text encoders" not in text
+    assert "text encoders 2.00 at step 1" in plan_view("a <lora:sepia:1> <lora:night:1>", 8)[0]  # no library: unknown
+    text, _ = plan_view("a <lora:zorbstar:2:0.5>", 8, library=library)               # zorbstar has some
+    assert "&lt;lora:zorbstar:2:0.5&gt;: LoRA strength above 1.5: text encoders 2.00 at step 1. One LoRA" in text
+    assert "strength" not in plan_view("a <lora:sepia:2:0.5>", 8, library=library)[0]
+
+
 def test_compat_picks_the_js_keyword_for_the_installed_gradio(monkeypatch) -> None:
     assert compat.js_kwargs("() => 1") == ({"js": "() => 1"} if compat.gradio_major() >= 4 else {"_js": "() => 1"})
     monkeypatch.setattr(compat, "gradio_major", lambda: 3)

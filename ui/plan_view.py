@@ -1,7 +1,8 @@
 """The plan panel of the standalone app: the ``explain`` table and schedule plot of the current prompt.
 
-It runs on every keystroke, so it only parses, plans and looks names up in the library's last scan (no
-file is read); bad tags are shown with their position and the good ones are still planned; names the
+It runs on every keystroke, so it only parses, plans and looks names up in the library's last scan; the
+strength warning counts only what each file has keys for (its header, read once and cached by the library:
+``LoraLibrary.touching``); bad tags are shown with their position and the good ones are still planned; names the
 library does not have are shown with the closest ones. The table and plot are ``explain``'s own.
 """
 
@@ -64,6 +65,8 @@ def plan_view(prompt: str, steps: int, architecture: str | None = None, library:
     except (LoraError, ValueError) as error:
         return "".join(parts) + _error(error), None
     unknown = unknown_names(plan, library) if library is not None else []
+    if library is not None:
+        plan = library.touching(plan, rescan=False)
     parts += [_error(message) for message in unknown]
     if not parsed.errors and not unknown:
         parts.append(f'<div class="lsx-plan-ok" style="{OK_STYLE}">{len(plan.loras)} LoRA tag(s), no syntax errors'

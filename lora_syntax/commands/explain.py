@@ -7,12 +7,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..blocks import ARCHITECTURES
 from ..errors import LoraSyntaxError
 from ..plan import DENOISERS, TEXT_ENCODERS, LoraPlan, Plan, build_plan
 from ..syntax import format_schedule, parse
+
+if TYPE_CHECKING:
+    from ..library import LoraLibrary
 
 HELP = "Show each LoRA's weight per component and block group over the sampling steps."
 SERIES = ("te", "unet.in", "unet.mid", "unet.out")
@@ -23,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default=None,
                         help="model architecture, for lbw= block vectors and presets")
+    parser.add_argument("--lora-dir", action="append", default=None, metavar="DIR", type=Path,
+                        help="a folder of LoRA files (repeatable; default: the demo LoRAs): the strength "
+                             "warning counts only the components each file has keys for")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--plot", metavar="FILE.png", type=Path, help="also draw the schedule into a PNG")
 
@@ -285,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
     except LoraSyntaxError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if plan.stack_warnings:  # only that warning depends on the files; reading them costs the torch import
+        plan = _library(args.lora_dir).touching(plan)
     if args.plot is not None and not _plot(plan, args.plot):
         return 2
     if args.json:
@@ -294,6 +302,14 @@ def run(args: argparse.Namespace) -> int:
         if args.plot is not None:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _library(folders: list[Path] | None) -> "LoraLibrary":
+    """The LoRA folders given, else the demo's (as ``generate``): their headers say what each file touches."""
+    from ..demo import LORA_DIR
+    from ..library import LoraLibrary
+
+    return LoraLibrary(folders or ([LORA_DIR] if LORA_DIR.is_dir() else []))
 
 
 def _plot(plan: Plan, path: Path) -> bool:
