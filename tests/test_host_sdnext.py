@@ -1,4 +1,5 @@
-"""lora-syntax inside the real SD.Next (../shared/hosts snapshot), driven only over its HTTP API.
+"""lora-syntax inside the real SD.Next (../shared/hosts snapshot), driven over its HTTP API (and its own page in
+headless Chromium for the Networks tab: 25-45 s more, most of it the page loading).
 
 One server for the module (about 15-40 s to start, under 2 s per 32 px generation on 2 busy cores). Numbers come
 from SD.Next's own images: bit-identical (``np.array_equal``) where nothing should differ, a mean difference
@@ -190,6 +191,7 @@ def test_networks_tab_in_the_sdnext_page_inserts_and_removes_a_card(server, requ
         pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
     trigger = {i["name"]: i for i in server.call("GET", "/lora-syntax/v1/loras")}["zorbstar"]["trigger_words"][0]
     box = "#txt2img_prompt textarea"
+    OUT.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -207,6 +209,7 @@ def test_networks_tab_in_the_sdnext_page_inserts_and_removes_a_card(server, requ
             badges = dict(zip(names, cards.locator(".lsx-badge").all_inner_texts()))
             assert badges == {"broken": "unknown", "night": "SD1.5", "sepia": "SD1.5", "zorbstar": "SD1.5"}
             assert page.locator("#tab_lora_syntax_networks .lsx-other-arch").count() == 0   # all fit the model
+            page.locator("#tab_lora_syntax_networks").screenshot(path=str(OUT / "sdnext-networks-tab.png"))
             zorbstar = page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="zorbstar"))
             zorbstar.click()
             assert page.input_value(box) == f"{PROMPT}, <lora:zorbstar:1>, {trigger}"
@@ -215,7 +218,6 @@ def test_networks_tab_in_the_sdnext_page_inserts_and_removes_a_card(server, requ
             _main_tab(page, "Text").click()
             assert page.locator(box).is_visible() and page.input_value(box) == PROMPT
         finally:
-            OUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUT / f"sdnext-{request.node.name}.png"), full_page=True)
             browser.close()
     assert "Model locked" not in server.log()   # neither the start nor the page made SD.Next load a model
