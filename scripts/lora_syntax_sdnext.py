@@ -33,6 +33,11 @@ from lora_syntax.errors import LoraError  # noqa: E402
 from lora_syntax.hosts import webui  # noqa: E402
 
 
+HASHES_OPTION = "lora_add_hashes_to_infotext"   # SD.Next's "LoRA add hash info to metadata" (off by default)
+HASHES_FIELD = "LoRA hashes"
+SHORT_HASH_DIGITS = 8                           # SD.Next's NetworkOnDisk.shorthash
+
+
 def enabled() -> bool:
     """Our setting: on unless the user turned it off (then the built-in handles the tags)."""
     return bool(shared.opts.data.get(webui.SETTING_KEY, True))
@@ -108,11 +113,28 @@ class Glue:
         self.sdrun = SdnextRun(run, _make_encoder(p), expected_passes=1 + int(bool(getattr(p, "enable_hr", 0))))
         _wrap_callback(p, self.sdrun)
         p.extra_generation_params["LoRA networks"] = ", ".join(lora.name for lora in run.plan.loras)
+        if shared.opts.data.get(HASHES_OPTION, False):
+            hashes = self.lora_hashes([lora.name for lora in run.plan.loras])
+            if hashes:
+                p.extra_generation_params[HASHES_FIELD] = ", ".join(hashes)
         p.extra_generation_params.update(webui.infotext_fields(run.plan, quoted=False))
         for warning in run.warnings:
             self.report(p, warning, error=False)
         self.record.plan = webui.plan_payload(run.plan)
         self.record.change_points = list(run.change_points)
+
+    def lora_hashes(self, names: list[str]) -> list[str]:
+        """``LoRA hashes`` as SD.Next's built-in writes them: the first 8 hex digits of each file's addnet hash
+        (A1111's, :func:`lora_syntax.metadata.short_hash`), no names, a file that cannot be hashed left out."""
+        from lora_syntax.metadata import short_hash
+
+        hashes = []
+        for name in names:
+            try:
+                hashes.append(short_hash(self.get_library().resolve(name, rescan=False).path)[:SHORT_HASH_DIGITS])
+            except (LoraError, OSError) as error:
+                log.warning(f"lora-syntax: no hash for LoRA '{name}' in the infotext: {error}")
+        return hashes
 
     def finish(self, p: Any | None = None) -> None:
         """End the run: every original weight back (success, error, interrupt, skip)."""

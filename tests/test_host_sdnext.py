@@ -1,4 +1,5 @@
-"""lora-syntax inside the real SD.Next (../shared/hosts snapshot), driven only over its HTTP API.
+"""lora-syntax inside the real SD.Next (../shared/hosts snapshot), driven over its HTTP API (and its own page in
+headless Chromium for the Networks tab: 25-45 s more, most of it the page loading).
 
 One server for the module (about 15-40 s to start, under 2 s per 32 px generation on 2 busy cores). Numbers come
 from SD.Next's own images: bit-identical (``np.array_equal``) where nothing should differ, a mean difference
@@ -8,8 +9,11 @@ well above rounding where something should.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from lora_syntax.hosts import webui
 pytestmark = [pytest.mark.host, pytest.mark.slow]
 
 PROMPT = "a red circle"
+OUT = Path(__file__).resolve().parents[1] / "test-output"
 VISIBLE = 1.0   # mean |difference| in 0-255 units: well above what rounding alone gives (0)
 
 
@@ -53,6 +58,15 @@ def test_a_static_tag_is_applied_by_our_engine_with_infotext(server, base, sepia
     assert run["engine"]["applied_modules"] == 40 and run["engine"]["change_points"] == []
     field = sepia.infotext.split("LoRA weights: ", 1)[1].split('"', 2)[1]
     assert webui.paste_tags(PROMPT, f'"{field}"') == f"{PROMPT}, <lora:sepia:te=1:unet=1>"
+    assert "LoRA hashes" not in sepia.infotext          # SD.Next's "LoRA add hash info to metadata" is off
+    server.set_options(lora_add_hashes_to_infotext=True)
+    try:
+        hashed = server.txt2img(f"{PROMPT} <lora:sepia:1> <lora:zorbstar:0.5>").infotext
+    finally:
+        server.set_options(lora_add_hashes_to_infotext=False)
+    expected = ", ".join(_addnet_hash(server.data / "loras" / f"{name}.safetensors")[:8]
+                         for name in ("sepia", "zorbstar"))
+    assert f'LoRA hashes: "{expected}"' in hashed       # SD.Next quotes a value holding a comma
 
 
 def test_a_stepwise_tag_switches_at_the_planned_step(server, base, sepia):
@@ -167,11 +181,58 @@ def test_library_route_lists_sdnext_lora_folder_with_architecture(server, base):
     assert "LoRA Networks" in config and "lora_syntax_networks" in config
 
 
+@pytest.mark.browser
+def test_networks_tab_in_the_sdnext_page_inserts_and_removes_a_card(server, request):
+    """SD.Next's own page in headless Chromium: our tab lists the LoRAs with their architecture, and a card
+    click writes into SD.Next's txt2img prompt box, a second click gives the prompt back."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from helpers_ui import CHROMIUM, CHROMIUM_ARGS
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    trigger = {i["name"]: i for i in server.call("GET", "/lora-syntax/v1/loras")}["zorbstar"]["trigger_words"][0]
+    box = "#txt2img_prompt textarea"
+    OUT.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)     # SD.Next's page is large: 10-30 s to build on 2 busy cores
+        try:
+            page.goto(f"http://127.0.0.1:{server.port}/", timeout=180_000)
+            page.wait_for_selector(box, timeout=180_000)
+            page.wait_for_function("() => window.loraSyntax !== undefined")
+            page.fill(box, PROMPT)
+            _main_tab(page, "LoRA Networks").click()
+            page.wait_for_selector("#tab_lora_syntax_networks .lsx-card", state="visible")
+            cards = page.locator("#tab_lora_syntax_networks .lsx-card")
+            names = cards.locator(".lsx-name").all_inner_texts()
+            assert sorted(names) == ["broken", "night", "sepia", "zorbstar"]
+            badges = dict(zip(names, cards.locator(".lsx-badge").all_inner_texts()))
+            assert badges == {"broken": "unknown", "night": "SD1.5", "sepia": "SD1.5", "zorbstar": "SD1.5"}
+            assert page.locator("#tab_lora_syntax_networks .lsx-other-arch").count() == 0   # all fit the model
+            page.locator("#tab_lora_syntax_networks").screenshot(path=str(OUT / "sdnext-networks-tab.png"))
+            zorbstar = page.locator(".lsx-card", has=page.locator(".lsx-name", has_text="zorbstar"))
+            zorbstar.click()
+            assert page.input_value(box) == f"{PROMPT}, <lora:zorbstar:1>, {trigger}"
+            zorbstar.click()
+            assert page.input_value(box) == PROMPT
+            _main_tab(page, "Text").click()
+            assert page.locator(box).is_visible() and page.input_value(box) == PROMPT
+        finally:
+            page.screenshot(path=str(OUT / f"sdnext-{request.node.name}.png"), full_page=True)
+            browser.close()
+    assert "Model locked" not in server.log()   # neither the start nor the page made SD.Next load a model
+
+
 def test_z_setting_off_gives_the_tags_back_to_the_builtin(server, base, sepia):
+    ours_hashed = server.txt2img(f"{PROMPT} <lora:sepia:1>", override_settings={
+        "lora_add_hashes_to_infotext": True}).infotext
     server.set_options(**{webui.SETTING_KEY: False})
     try:
         builtin = server.txt2img(f"{PROMPT} <lora:sepia:1>")
         assert server.last_run()["status"] == "off"
+        builtin_hashed = server.txt2img(f"{PROMPT} <lora:sepia:1>", override_settings={
+            "lora_add_hashes_to_infotext": True}).infotext
+        assert _field(builtin_hashed, "LoRA hashes") == _field(ours_hashed, "LoRA hashes") != ""
         assert "LoRA weights" not in builtin.infotext and "LoRA networks: sepia" in builtin.infotext
         assert differ(builtin.images[0], base) > VISIBLE
         assert "Network load: type=LoRA" in server.log()
@@ -183,11 +244,26 @@ def test_z_setting_off_gives_the_tags_back_to_the_builtin(server, base, sepia):
     assert np.array_equal(after, ours)
 
 
+def _addnet_hash(path) -> str:
+    """sha256 of a safetensors file's tensor data (after its header), computed here independently."""
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+
+
 def _png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _main_tab(page, name: str):
+    """A button of SD.Next's main tab bar (Gradio 3 gives them no ``tab`` role)."""
+    return page.locator("#tabs .tab-nav button", has_text=re.compile(rf"^\s*{re.escape(name)}\s*$")).first
+
+
+def _field(infotext: str, name: str) -> str:
+    return infotext.split(f"{name}: ", 1)[1].split(",", 1)[0] if f"{name}: " in infotext else ""
 
 
 def _args():
