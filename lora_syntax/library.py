@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import os
 import re
@@ -87,9 +88,12 @@ def check_name(name: str, *, literal_backslash: bool = False) -> str:
     return "/".join(part for part in cleaned.split("/") if part not in ("", "."))
 
 
+_LEAVES = (str, bytes, int, float, PurePath)
+
+
 def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
     """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters)."""
-    if value is None or isinstance(value, (str, bytes, int, float, PurePath)):
+    if value is None or isinstance(value, _LEAVES):
         return 0   # the common leaves (keys, names, alphas): no need to look inside
     seen = set() if seen is None else seen
     if id(value) in seen:
@@ -98,14 +102,22 @@ def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
     if isinstance(value, torch.Tensor):
         return 0 if value.device.type == "meta" else value.numel() * value.element_size()
     if isinstance(value, (list, tuple, set, frozenset)):
-        return sum(tensor_bytes(item, seen) for item in value)
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item, seen) for item in value.values())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
-        return sum(tensor_bytes(getattr(value, f.name, None), seen) for f in dataclasses.fields(value))
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return sum(tensor_bytes(item, seen) for item in vars(value).values())
-    return 0
+        items = value
+    elif isinstance(value, dict):
+        items = value.values()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
+        items = [getattr(value, name, None) for name in _field_names(type(value))]
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        items = vars(value).values()
+    else:
+        return 0
+    return sum(tensor_bytes(item, seen) for item in items if item is not None and not isinstance(item, _LEAVES))
+
+
+@functools.lru_cache(maxsize=256)
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, looked up once per class (``dataclasses.fields`` is slow per object)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass

@@ -96,22 +96,25 @@ def _check_shape(adapter: Adapter, params: ModuleParams, tree: ModelTree, name: 
     """Compare the shape of the adapter's change (``Adapter.check_fits``) with the module's weight."""
     target = params.target
     info = tree.get(target.component, target.module)
-    keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
-    where = f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
+
+    def where() -> str:   # built only for a message: most modules fit
+        keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
+        return f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
+
     try:
         shape = adapter.check_fits(info.weight_shape)
         bias = adapter.bias_delta()
     except (LoraShapeError, RuntimeError, ValueError) as err:
         detail = "" if isinstance(err, LoraShapeError) else f" ({err})"  # the adapter's text repeats ours
-        raise LoraShapeError(f"{where}: the module's weight has shape {info.weight_shape} but the file has "
+        raise LoraShapeError(f"{where()}: the module's weight has shape {info.weight_shape} but the file has "
                              f"{_shapes_of(params)}; the LoRA was made for another model{detail}.",
                              path=path) from err
     if tuple(shape) != info.weight_shape:
-        raise LoraShapeError(f"{where}: expected a change of shape {info.weight_shape}, found "
+        raise LoraShapeError(f"{where()}: expected a change of shape {info.weight_shape}, found "
                              f"{tuple(shape)} (from {_shapes_of(params)})", path=path)
     if bias is not None and (not info.has_bias or bias.numel() != info.weight_shape[0]):
         expected = f"({info.weight_shape[0]},)" if info.has_bias else "no bias (the module has none)"
-        raise LoraShapeError(f"{where}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
+        raise LoraShapeError(f"{where()}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
 
 
 def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> ModulePatch:
