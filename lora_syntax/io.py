@@ -308,13 +308,14 @@ def _read_mapped(name: str, path: Path) -> LoraTensors | None:
         count = (entries[stop - 1][4] - first) // dtype.itemsize
         run = (torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + length + first) if count
                else torch.empty(0, dtype=dtype))
-        for key, _, shape, start, end in entries[index:stop]:
-            offset = (start - first) // dtype.itemsize
-            tensors[key] = run[offset: offset + (end - start) // dtype.itemsize].view(shape)
+        group = entries[index:stop]   # contiguous (checked by _entries): one split makes every view
+        pieces = run.split_with_sizes([(end - start) // dtype.itemsize for _, _, _, start, end in group])
+        for (key, _, shape, _, _), piece in zip(group, pieces):
+            tensors[key] = piece.view(shape)
         if count and dtype.is_floating_point:
             found = _peak(run)
             if not math.isfinite(found):
-                unusual.update({key: tensors[key] for key, *_ in entries[index:stop]})
+                unusual.update({key: tensors[key] for key, *_ in group})
             peak = max(peak, found)
         index = stop
     if unusual:
