@@ -92,26 +92,26 @@ _LEAVES = (str, bytes, int, float, PurePath)
 
 
 def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
-    """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters)."""
-    if value is None or isinstance(value, _LEAVES):
-        return 0   # the common leaves (keys, names, alphas): no need to look inside
+    """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters), each object
+    counted once. A loop over a stack, not recursion: a LoRA holds thousands of small objects."""
     seen = set() if seen is None else seen
-    if id(value) in seen:
-        return 0
-    seen.add(id(value))
-    if isinstance(value, torch.Tensor):
-        return 0 if value.device.type == "meta" else value.numel() * value.element_size()
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = value
-    elif isinstance(value, dict):
-        items = value.values()
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
-        items = [getattr(value, name, None) for name in _field_names(type(value))]
-    elif hasattr(value, "__dict__") and not isinstance(value, type):
-        items = vars(value).values()
-    else:
-        return 0
-    return sum(tensor_bytes(item, seen) for item in items if item is not None and not isinstance(item, _LEAVES))
+    total, stack = 0, [value]
+    while stack:
+        value = stack.pop()
+        if value is None or isinstance(value, _LEAVES) or id(value) in seen:
+            continue   # the common leaves (keys, names, alphas): no need to look inside
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            total += 0 if value.device.type == "meta" else value.numel() * value.element_size()
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
+            stack.extend(getattr(value, name, None) for name in _field_names(type(value)))
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            stack.extend(vars(value).values())
+    return total
 
 
 @functools.lru_cache(maxsize=256)
