@@ -1,6 +1,6 @@
 """A LoRA file -> :class:`LoadedLora` for one model tree: read, check architecture, group keys, build, validate.
 
-    file --io.load_state_dict--> tensors --detect_architecture--> refuse another family
+    file --io.read_lora--> tensors --detect_architecture--> refuse another family
          --pick_dialect.group--> ModuleParams --build_adapter (+ sliced rows)--> ModulePatch (with block id)
 Every adapter's weight change is shape-checked against its module (``Adapter.check_fits``: arithmetic
 or the ``meta`` device, nothing big is materialised) before anything is returned, so a LoRA either maps
