@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import mmap
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -223,21 +225,129 @@ def _check_all_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         _check_finite(path, key, tensor)
 
 
+@dataclass(frozen=True)
+class LoraTensors:
+    """A file's tensors (checked finite), its metadata, and ``peak``: a bound on |value| over every
+    floating-point tensor (``inf`` when the read did not compute one), so callers need no second pass."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    peak: float = math.inf
+
+
+# safetensors dtype codes the mapped reader handles; any other code (fp8, unsigned...) takes the
+# per-tensor safetensors path.
+_MAPPED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+_MAX_HEADER = 100_000_000   # safetensors' own limit on the JSON header
+
+
+def _entries(header: object, data_len: int) -> list[tuple[str, torch.dtype, list[int], int, int]] | None:
+    """``(key, dtype, shape, start, end)`` by offset, each range checked to lie in the data and to hold its
+    shape's bytes, without gaps or overlaps (a file rewritten after safetensors validated it still fails
+    here); ``None`` when a dtype is not one :data:`_MAPPED_DTYPES` maps."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    entries = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _MAPPED_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
+        if dtype is None:
+            return None
+        shape, (start, end) = list(info["shape"]), info["data_offsets"]
+        if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)):
+            raise ValueError(f"tensor '{key}' has an invalid shape or offsets")
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"tensor '{key}' has {end - start} bytes for shape {shape}")
+        entries.append((key, dtype, shape, start, end))
+    entries.sort(key=lambda entry: entry[3])
+    position = 0
+    for key, _, _, start, end in entries:
+        if start != position:
+            raise ValueError(f"tensor '{key}' starts at byte {start}, expected {position}")
+        position = end
+    if position != data_len:
+        raise ValueError(f"the header describes {position} bytes of tensor data, the file holds {data_len}")
+    return entries
+
+
+def _peak(run: torch.Tensor) -> float:
+    """max |value| of one flat run (NaN when it holds a NaN, inf when an inf): one pass, no temporary."""
+    low, high = torch.aminmax(run)
+    return max(-float(low), float(high))
+
+
+def _read_mapped(name: str, path: Path) -> LoraTensors | None:
+    """Every tensor as a view of one private (copy-on-write) map of the file, and the finite check as one
+    ``aminmax`` per run of same-dtype tensors (the data section is contiguous) instead of a call per tensor.
+    ``None`` for files the safetensors per-tensor path must read (other dtypes, no tensor data)."""
+    with safe_open(name, framework="pt") as handle:   # safetensors validates the header first
+        metadata = dict(handle.metadata() or {})
+    with open(name, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        length = int.from_bytes(file.read(8), "little")
+        if length > min(size - 8, _MAX_HEADER):
+            raise ValueError("the header length passes the end of the file")
+        try:
+            entries = _entries(json.loads(file.read(length)), size - 8 - length)
+        except (KeyError, TypeError, AttributeError, IndexError) as error:
+            raise ValueError(f"malformed header ({error!r})") from error
+        if not entries or size == 8 + length:
+            return None
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    tensors: dict[str, torch.Tensor] = {}
+    peak, unusual = 0.0, {}
+    index = 0
+    while index < len(entries):
+        dtype, first = entries[index][1], entries[index][3]
+        stop = index
+        while stop < len(entries) and entries[stop][1] == dtype:
+            stop += 1
+        count = (entries[stop - 1][4] - first) // dtype.itemsize
+        run = (torch.frombuffer(mapped, dtype=dtype, count=count, offset=8 + length + first) if count
+               else torch.empty(0, dtype=dtype))
+        group = entries[index:stop]   # contiguous (checked by _entries): one split makes every view
+        pieces = run.split_with_sizes([(end - start) // dtype.itemsize for _, _, _, start, end in group])
+        for (key, _, shape, _, _), piece in zip(group, pieces):
+            tensors[key] = piece.view(shape)
+        if count and dtype.is_floating_point:
+            found = _peak(run)
+            if not math.isfinite(found):
+                unusual.update({key: tensors[key] for key, *_ in group})
+            peak = max(peak, found)
+        index = stop
+    if unusual:
+        _check_all_finite(path, unusual)   # tensor by tensor, to name the broken one
+    return LoraTensors(tensors, metadata, peak)
+
+
+def read_lora(path: str | Path, *, roots: Roots = None) -> LoraTensors:
+    """Every tensor of a safetensors LoRA file, checked to be finite (and to lie inside ``roots``), with its
+    metadata and a bound on its values, from one open of the file."""
+    path = check_file(check_inside(path, roots))
+    try:
+        with contained(path, roots) as name:
+            read = _read_mapped(name, path)
+            if read is None:
+                with safe_open(name, framework="pt", device="cpu") as handle:
+                    read = LoraTensors({key: handle.get_tensor(key) for key in handle.keys()},
+                                       dict(handle.metadata() or {}))
+    except _READ_ERRORS as error:
+        raise _corrupt(path, error) from error
+    if not read.tensors:
+        raise LoraFileError(f"LoRA file '{path}' holds no tensors: it is empty or was saved incompletely.",
+                            path=path)
+    if math.isinf(read.peak):
+        _check_all_finite(path, read.tensors)
+    return read
+
+
 def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu",
                     roots: Roots = None) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors LoRA file, checked to be finite (and to lie inside ``roots``)."""
-    path = check_file(check_inside(path, roots))
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with contained(path, roots) as name, safe_open(name, framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    except _READ_ERRORS as error:
-        raise _corrupt(path, error) from error
-    if not tensors:
-        raise LoraFileError(f"LoRA file '{path}' holds no tensors: it is empty or was saved incompletely.",
-                            path=path)
-    _check_all_finite(path, tensors)
+    tensors = read_lora(path, roots=roots).tensors
     if str(device) != "cpu":
         tensors = {key: tensor.to(device) for key, tensor in tensors.items()}
     return tensors

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import os
 import re
@@ -89,25 +90,36 @@ def check_name(name: str, *, literal_backslash: bool = False) -> str:
     return "/".join(part for part in cleaned.split("/") if part not in ("", "."))
 
 
+_LEAVES = (str, bytes, int, float, PurePath)
+
+
 def tensor_bytes(value: Any, seen: set[int] | None = None) -> int:
-    """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters)."""
-    if value is None or isinstance(value, (str, bytes, int, float, PurePath)):
-        return 0   # the common leaves (keys, names, alphas): no need to look inside
+    """Bytes of every tensor reachable from a loaded LoRA (patches, adapters, nested adapters), each object
+    counted once. A loop over a stack, not recursion: a LoRA holds thousands of small objects."""
     seen = set() if seen is None else seen
-    if id(value) in seen:
-        return 0
-    seen.add(id(value))
-    if isinstance(value, torch.Tensor):
-        return 0 if value.device.type == "meta" else value.numel() * value.element_size()
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return sum(tensor_bytes(item, seen) for item in value)
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item, seen) for item in value.values())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
-        return sum(tensor_bytes(getattr(value, f.name, None), seen) for f in dataclasses.fields(value))
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return sum(tensor_bytes(item, seen) for item in vars(value).values())
-    return 0
+    total, stack = 0, [value]
+    while stack:
+        value = stack.pop()
+        if value is None or isinstance(value, _LEAVES) or id(value) in seen:
+            continue   # the common leaves (keys, names, alphas): no need to look inside
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            total += 0 if value.device.type == "meta" else value.numel() * value.element_size()
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # slotted ones have no __dict__
+            stack.extend(getattr(value, name, None) for name in _field_names(type(value)))
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            stack.extend(vars(value).values())
+    return total
+
+
+@functools.lru_cache(maxsize=256)
+def _field_names(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names, looked up once per class (``dataclasses.fields`` is slow per object)."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass

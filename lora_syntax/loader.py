@@ -1,6 +1,6 @@
 """A LoRA file -> :class:`LoadedLora` for one model tree: read, check architecture, group keys, build, validate.
 
-    file --io.load_state_dict--> tensors --detect_architecture--> refuse another family
+    file --io.read_lora--> tensors --detect_architecture--> refuse another family
          --pick_dialect.group--> ModuleParams --build_adapter (+ sliced rows)--> ModulePatch (with block id)
 Every adapter's weight change is shape-checked against its module (``Adapter.check_fits``: arithmetic
 or the ``meta`` device, nothing big is materialised) before anything is returned, so a LoRA either maps
@@ -9,6 +9,7 @@ whole or fails with a named error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .errors import ArchitectureMismatchError, LoraFileError, LoraShapeError
 from .formats import pick_dialect
 from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
+from .io import LoraTensors, read_lora
 from .keymaps.blockids import block_of
 from .keymaps.detect import detect_architecture
 from .keymaps.tree import ModelTree
@@ -43,18 +45,20 @@ def _a(architecture: str) -> str:
 
 
 def _read(source: Path | str | Mapping[str, torch.Tensor],
-          roots: Sequence[Path] | None) -> tuple[Path | None, dict[str, torch.Tensor], dict]:
+          roots: Sequence[Path] | None) -> tuple[Path | None, LoraTensors]:
+    """The tensors, metadata and value bound of a file (one open), or of an in-memory state dict."""
     if isinstance(source, Mapping):
-        return None, dict(source), {}
-    from .io import load_state_dict, read_header
-
+        return None, LoraTensors(dict(source), {})
     path = Path(source)
-    return path, load_state_dict(path, roots=roots), dict(read_header(path, roots=roots).metadata)
+    return path, read_lora(path, roots=roots)
 
 
-def large_values(state_dict: Mapping[str, torch.Tensor], name: str) -> tuple[str, ...]:
+def large_values(state_dict: Mapping[str, torch.Tensor], name: str, peak: float = math.inf) -> tuple[str, ...]:
     """A warning naming the tensor with the largest |value| when it passes :data:`LARGE_VALUE` (alphas aside).
-    One norm over every factor first (max |x| <= the norm): a usual file costs a single pass."""
+    ``peak``: a known bound on every |value| (the reader's fused check); when it is under the limit, or else
+    one norm over every factor is, nothing more is read: a usual file costs no pass here."""
+    if peak <= LARGE_VALUE:
+        return ()
     factors = {k: t for k, t in state_dict.items() if not k.endswith("alpha") and t.is_floating_point() and t.numel()}
     if not factors:
         return ()
@@ -92,22 +96,25 @@ def _check_shape(adapter: Adapter, params: ModuleParams, tree: ModelTree, name: 
     """Compare the shape of the adapter's change (``Adapter.check_fits``) with the module's weight."""
     target = params.target
     info = tree.get(target.component, target.module)
-    keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
-    where = f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
+
+    def where() -> str:   # built only for a message: most modules fit
+        keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
+        return f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
+
     try:
         shape = adapter.check_fits(info.weight_shape)
         bias = adapter.bias_delta()
     except (LoraShapeError, RuntimeError, ValueError) as err:
         detail = "" if isinstance(err, LoraShapeError) else f" ({err})"  # the adapter's text repeats ours
-        raise LoraShapeError(f"{where}: the module's weight has shape {info.weight_shape} but the file has "
+        raise LoraShapeError(f"{where()}: the module's weight has shape {info.weight_shape} but the file has "
                              f"{_shapes_of(params)}; the LoRA was made for another model{detail}.",
                              path=path) from err
     if tuple(shape) != info.weight_shape:
-        raise LoraShapeError(f"{where}: expected a change of shape {info.weight_shape}, found "
+        raise LoraShapeError(f"{where()}: expected a change of shape {info.weight_shape}, found "
                              f"{tuple(shape)} (from {_shapes_of(params)})", path=path)
     if bias is not None and (not info.has_bias or bias.numel() != info.weight_shape[0]):
         expected = f"({info.weight_shape[0]},)" if info.has_bias else "no bias (the module has none)"
-        raise LoraShapeError(f"{where}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
+        raise LoraShapeError(f"{where()}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
 
 
 def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> ModulePatch:
@@ -162,8 +169,9 @@ def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, m
              name: str | None, roots: Sequence[Path] | None = None) -> _Read:
     """Read (inside ``roots`` when given), refuse another architecture, pick the key dialect and group the keys
     per module."""
-    path, state_dict, file_metadata = _read(source, roots)
-    metadata = {**file_metadata, **dict(metadata or {})}
+    path, read = _read(source, roots)
+    state_dict = read.tensors
+    metadata = {**read.metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
     if not state_dict:
         raise LoraFileError(f"LoRA '{name}' holds no tensors.", path=path)
@@ -173,7 +181,8 @@ def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, m
         grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata, f"LoRA '{name}'")
     except LoraFileError as err:
         raise type(err)(f"LoRA '{name}': {err}", path=path) from err
-    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped, large_values(state_dict, name))
+    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped,
+                 large_values(state_dict, name, read.peak))
 
 
 def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *, name: str | None = None) -> ShapeFit:

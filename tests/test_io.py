@@ -227,3 +227,71 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_opcode(tmp_path: Pa
             break
     assert int.from_bytes(path.read_bytes()[:8], "little") == header_length
     assert torch.equal(load_state_dict(path)["w"], torch.zeros(2))
+
+
+# -- one read, one fused check (issue 12, loading) ------------------------------------------------------------------
+def test_read_lora_gives_metadata_and_the_exact_peak_in_one_read(tmp_path: Path) -> None:
+    from lora_syntax.io import read_lora
+
+    tensors = {**TENSORS, "lora_unet_b.lora_up.weight": torch.tensor([[0.5, -12.5]], dtype=torch.bfloat16),
+               "steps": torch.tensor([1000], dtype=torch.int64)}   # integers are not part of the peak
+    read = read_lora(write(tmp_path / "ok.safetensors", tensors, metadata={"ss_output_name": "ink"}))
+    assert read.metadata == {"ss_output_name": "ink"}
+    assert read.peak == 12.5   # max |value| over float32 (arange 0..11), float16 (1) and bfloat16 (-12.5) runs
+    for key, tensor in tensors.items():
+        assert torch.equal(read.tensors[key], tensor) and read.tensors[key].dtype == tensor.dtype
+
+
+def test_mapped_tensors_are_private_copies_on_write(tmp_path: Path) -> None:
+    from lora_syntax.io import read_lora
+
+    path = write(tmp_path / "ok.safetensors")
+    before = path.read_bytes()
+    read_lora(path).tensors["lora_unet_a.lora_down.weight"].add_(1)   # a caller scaling a factor in place
+    assert path.read_bytes() == before and torch.equal(load_state_dict(path)["lora_unet_a.lora_down.weight"],
+                                                       TENSORS["lora_unet_a.lora_down.weight"])
+
+
+def test_unmapped_dtypes_take_the_per_tensor_path_and_are_still_checked(tmp_path: Path) -> None:
+    from lora_syntax.io import read_lora
+
+    fp8 = getattr(torch, "float8_e4m3fn", None)
+    if fp8 is None:
+        pytest.skip("no float8 in this torch")
+    tensors = {**TENSORS, "lora_unet_b.lora_up.weight": torch.tensor([[0.5, 2.0]]).to(fp8)}
+    read = read_lora(write(tmp_path / "fp8.safetensors", tensors))
+    assert read.peak == float("inf") and read.tensors["lora_unet_b.lora_up.weight"].float().tolist() == [[0.5, 2.0]]
+    tensors["lora_unet_a.lora_down.weight"] = torch.tensor([[float("nan")]])
+    with pytest.raises(LoraFileError, match=r"NaN values in tensor 'lora_unet_a\.lora_down\.weight'"):
+        read_lora(write(tmp_path / "fp8nan.safetensors", tensors))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}',
+    b'{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}',
+    b'{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}',
+    b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":1}}',
+    b'{"a": 5}',
+])
+def test_inconsistent_headers_are_corrupt_files(tmp_path: Path, body: bytes) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body + bytes(8))
+    refused(path, "truncated or corrupt")
+
+
+def test_the_loader_reuses_the_readers_bound_instead_of_a_second_pass(tmp_path: Path, monkeypatch) -> None:
+    """A usual file is read, checked and measured by one pass: no norm over its factors afterwards."""
+    from lora_syntax import loader
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("a second pass over the factors")
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", no_second_pass)
+    state = {"lora_unet_a.lora_down.weight": torch.full((2, 4), 0.5), "lora_unet_a.lora_up.weight": torch.ones(4, 2)}
+    path = write(tmp_path / "small.safetensors", state)
+    read = loader._read(path, None)[1]
+    assert read.peak == 1.0 and loader.large_values(read.tensors, "small", read.peak) == ()
+    big = {**state, "lora_unet_a.lora_up.weight": torch.full((4, 2), 2e4)}
+    monkeypatch.undo()
+    read = loader._read(write(tmp_path / "big.safetensors", big), None)[1]
+    assert read.peak == 2e4 and "holds values up to 2e+04" in loader.large_values(read.tensors, "big", read.peak)[0]

@@ -8,6 +8,8 @@ r is ``down``'s first dimension; a file without ``alpha`` (or alpha 0) has scale
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
@@ -93,6 +95,8 @@ class LoraAdapter(ShapesRepr, Adapter):
     def check_fits(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
         kernel = (self.mid if self.mid is not None else self.down).shape[2:]
         natural = (self.out_features, int(self.down.shape[1]), *kernel)
+        if math.prod(natural) == math.prod(shape):   # what fit() checks, without making a meta tensor
+            return torch.Size(shape)
         return fit(torch.empty(natural, device="meta"), shape, "LoRA", self.where).shape
 
     def low_rank(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 import torch
 
@@ -22,10 +23,16 @@ KOHYA_PARAMS = frozenset({
 
 def split_suffix(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:
     """``(module part, normalised param)`` for the longest matching file suffix, or ``None``."""
-    for suffix in sorted(suffixes, key=len, reverse=True):
+    for suffix in _longest_first(tuple(suffixes)):
         if key.endswith(suffix) and len(key) > len(suffix):
             return key[: -len(suffix)], suffixes[suffix]
     return None
+
+
+@lru_cache(maxsize=64)
+def _longest_first(suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    """The suffixes, longest first: sorted once per table, not once per key."""
+    return tuple(sorted(suffixes, key=len, reverse=True))
 
 
 def find_component(tree: ModelTree, module: str, preferred: Iterable[str] = DENOISERS) -> str | None:

@@ -18,6 +18,7 @@ import torch
 
 from ..keymaps import flux as fluxmap
 from ..keymaps.blockids import block_of
+from ..keymaps.keyscan import any_key, joined
 from ..keymaps.tree import ModelTree
 from ..targets import ModuleTarget
 from .base import Grouped, ModuleParams
@@ -174,6 +175,9 @@ def score_with(keys: Collection[str], patterns: tuple[re.Pattern[str], ...], *,
     ``companions`` (text-encoder keys other architectures share) once some key matches ``patterns``."""
     if not keys:
         return 0.0
+    text = joined(keys)
+    if not any(any_key(p, keys, text, anchored=True) for p in patterns):
+        return 0.0   # the usual answer for another dialect's file, from one scan per pattern
     own = sum(1 for key in keys if any(p.match(key) for p in patterns))
     if own == 0:
         return 0.0

@@ -35,6 +35,8 @@ class AttnProcessorDialect:
     name = "diffusers-legacy"
 
     def score(self, keys: Collection[str]) -> float:
+        if not any("_lora." in key for key in keys):   # every match has it; the lazy ``.+?`` is slow to fail
+            return 0.0
         return sum(ATTN_PROCESSOR.match(k) is not None for k in keys) / max(len(keys), 1)
 
     def group(self, state_dict: Mapping[str, torch.Tensor], tree: ModelTree) -> Grouped:

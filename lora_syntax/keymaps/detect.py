@@ -16,25 +16,32 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .keyscan import any_key, joined
+
 
 @dataclass(frozen=True)
 class Signature:
-    """Keys matching ``pattern`` (a regex searched in each key) mean ``architecture``."""
+    """Keys matching ``pattern`` (a regex searched in each key) mean ``architecture``. ``needles``: words one
+    of which every match contains, looked for first with a plain substring scan of all the keys at once
+    (a pattern starting ``(^|[._])`` otherwise costs a regex attempt at every character of every key)."""
 
     architecture: str
     pattern: str
+    needles: tuple[str, ...] = ()
 
 
 # Checked in order; a new architecture appends its rows (FLUX first: its kohya files also use lora_te1_).
 SIGNATURES: list[Signature] = [
-    Signature("flux", r"(^|[._])(double_blocks|single_blocks)[._]\d+[._]"),
-    Signature("flux", r"(^|[._])single_transformer_blocks[._]\d+[._]"),
-    Signature("flux", r"(^|[._])transformer_blocks[._]\d+[._](attn[._]add_[qkv]_proj|ff_context)"),
-    Signature("flux", r"(^|[._])(context_embedder|x_embedder|time_text_embed)[._]"),
+    Signature("flux", r"(^|[._])(double_blocks|single_blocks)[._]\d+[._]", ("double_blocks", "single_blocks")),
+    Signature("flux", r"(^|[._])single_transformer_blocks[._]\d+[._]", ("single_transformer_blocks",)),
+    Signature("flux", r"(^|[._])transformer_blocks[._]\d+[._](attn[._]add_[qkv]_proj|ff_context)",
+              ("add_q_proj", "add_k_proj", "add_v_proj", "ff_context")),
+    Signature("flux", r"(^|[._])(context_embedder|x_embedder|time_text_embed)[._]",
+              ("context_embedder", "x_embedder", "time_text_embed")),
     Signature("sdxl", r"^(lora_te2_|lycoris_te2_|text_encoder_2\.)"),
     Signature("sdxl", r"(input_blocks|output_blocks|middle_block)[._]\d+[._](\d+[._])?transformer_blocks[._][2-9][._]"),
     Signature("sdxl", r"(down_blocks|up_blocks)[._]\d+[._]attentions[._]\d+[._]transformer_blocks[._][2-9][._]"),
-    Signature("sdxl", r"(^|[._])(label_emb|add_embedding)[._]"),
+    Signature("sdxl", r"(^|[._])(label_emb|add_embedding)[._]", ("label_emb", "add_embedding")),
 ]
 
 CONTEXT_WIDTHS = {768: "sd15", 1024: "sd2", 2048: "sdxl", 4096: "flux"}
@@ -77,9 +84,11 @@ def metadata_hint(metadata: Mapping[str, str] | None) -> str | None:
 def detect_architecture(shapes: Mapping[str, tuple[int, ...]],
                         metadata: Mapping[str, str] | None = None) -> str | None:
     """``"sd15"``, ``"sd2"``, ``"sdxl"``, ``"flux"`` or ``None``, from ``{key: shape}`` (metadata as a hint)."""
+    text = joined(shapes)
     for signature in SIGNATURES:
-        pattern = re.compile(signature.pattern)
-        if any(pattern.search(key) for key in shapes):
+        if text is not None and signature.needles and not any(needle in text for needle in signature.needles):
+            continue
+        if any_key(re.compile(signature.pattern), shapes, text, anchored=False):
             return signature.architecture
     width = _input_width(shapes, _CONTEXT_KEY)
     if width is not None:
