@@ -57,10 +57,7 @@ class Glue:
         return webui.lora_folders(shared.cmd_opts, shared.models_path)
 
     def get_library(self) -> Any:
-        from lora_syntax.library import LoraLibrary
-        folders = [f.absolute() for f in self.folders()]
-        if self.library is None or list(self.library.folders) != folders:
-            self.library = LoraLibrary(folders)
+        self.library = webui.library_for(self.library, self.folders())
         return self.library
 
     def report(self, p: Any, message: str, error: bool = True) -> None:
@@ -70,9 +67,7 @@ class Glue:
         if self.record is not None:
             (self.record.errors if error else self.record.warnings).append(message)
         if error:
-            fields = p.extra_generation_params
-            fields[webui.ERRORS_FIELD] = "; ".join(filter(None, (fields.get(webui.ERRORS_FIELD),
-                                                                 webui.short_error(message))))
+            webui.add_error_field(p.extra_generation_params, message)
 
     # -- generation ------------------------------------------------------------------------------
     def activate(self, p: Any) -> None:
@@ -120,8 +115,7 @@ class Glue:
         p.extra_generation_params.update(webui.infotext_fields(run.plan, quoted=False))
         for warning in run.warnings:
             self.report(p, warning, error=False)
-        self.record.plan = webui.plan_payload(run.plan)
-        self.record.change_points = list(run.change_points)
+        self.record.run_started(run)
 
     def lora_hashes(self, names: list[str]) -> list[str]:
         """``LoRA hashes`` as SD.Next's built-in writes them: the first 8 hex digits of each file's addnet hash

@@ -111,11 +111,7 @@ class Glue:
 
     # -- plumbing -------------------------------------------------------------------------------
     def get_library(self) -> Any:
-        from lora_syntax.library import LoraLibrary
-
-        folders = [f.absolute() for f in webui.lora_folders(shared.cmd_opts, shared.models_path)]
-        if self.library is None or list(self.library.folders) != folders:
-            self.library = LoraLibrary(folders)
+        self.library = webui.library_for(self.library, webui.lora_folders(shared.cmd_opts, shared.models_path))
         return self.library
 
     def session(self, sd_model: Any) -> Any:
@@ -136,10 +132,8 @@ class Glue:
         print(f"{LOG_PREFIX} {message}", file=sys.stderr)
         if p is not None and hasattr(p, "comment"):
             p.comment(f"lora-syntax: {message}")
-        if p is not None and error:      # also in the infotext, so API callers see it in ``info``
-            fields = p.extra_generation_params
-            fields[webui.ERRORS_FIELD] = "; ".join(filter(None, (fields.get(webui.ERRORS_FIELD),
-                                                                 webui.short_error(message))))
+        if p is not None and error:
+            webui.add_error_field(p.extra_generation_params, message)
         if self.record is not None:
             (self.record.errors if error else self.record.warnings).append(message)
 
@@ -227,8 +221,7 @@ class Glue:
         for warning in run.warnings:
             self.report(p, warning, error=False)
         self.record.steps = [steps]
-        self.record.plan = webui.plan_payload(run.plan)
-        self.record.change_points = list(run.change_points)
+        self.record.run_started(run)
         p.extra_generation_params.update(webui.infotext_fields(run.plan, quoted=False))   # the host quotes
         self.lora_hashes(p, [lora.name for lora in run.plan.loras])
 
@@ -277,8 +270,7 @@ class Glue:
             timings = run.end()
             if self.record is not None:
                 self.record.status = status
-                self.record.engine = timings.as_dict()
-                self.record.steps = list(run.passes)
+            webui.finish_record(self.record, run, timings)
 
 
 def first_pass_steps(p: Any) -> int:

@@ -88,3 +88,13 @@ def test_start_good_tags_leaves_out_each_failing_tag_and_says_why(tmp_path):
     assert webui.network_text({"lora": [SimpleNamespace(items=["a", "te=1@1", "0@3"])], "lyco": []}) == \
         "<lora:a:te=1@1:0@3>"
     assert webui.strip_negatives(["a <lora:x:1>", "b"]) == (["a", "b"], webui.strip_negative("a <lora:x:1>")[1])
+
+
+def test_library_is_kept_while_the_folders_stay_and_errors_accumulate_in_one_field(tmp_path):
+    library = webui.library_for(None, [KIT / "loras"])
+    assert webui.library_for(library, [KIT / "loras"]) is library
+    assert webui.library_for(library, [tmp_path]) is not library
+    fields: dict = {}
+    webui.add_error_field(fields, "first problem\n  caret line")
+    webui.add_error_field(fields, "second problem")
+    assert fields == {"LoRA errors": "first problem; second problem"}

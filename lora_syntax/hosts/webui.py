@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,22 @@ def start_good_tags(session: Any, text: str, steps: int) -> tuple[Any, list[str]
         return (session.start(stack(good), steps) if good else None), messages
 
 
+def add_error_field(fields: dict[str, Any], message: str) -> None:
+    """Append ``message``'s first line to the ``LoRA errors`` infotext field (so API callers see it in ``info``)."""
+    fields[ERRORS_FIELD] = "; ".join(filter(None, (fields.get(ERRORS_FIELD), short_error(message))))
+
+
+def library_for(library: Any, folders: Sequence[Path]) -> Any:
+    """``library`` when it reads ``folders`` already, else a new :class:`LoraLibrary` of them (the host's
+    folder options can change between generations)."""
+    from ..library import LoraLibrary
+
+    folders = [Path(folder).absolute() for folder in folders]
+    if library is None or list(library.folders) != folders:
+        library = LoraLibrary(folders)
+    return library
+
+
 def error_messages(prompt: str) -> list[str]:
     """One line per malformed tag of ``prompt`` (the good tags still apply)."""
     return [f"LoRA tag error: {error}" for error in parse(prompt or "", on_error="skip").errors]
@@ -144,6 +160,11 @@ class RunRecord:
     errors: list[str] = field(default_factory=list)
     status: str = "none"                                    # running, done, interrupted, failed, off
     started: float = field(default_factory=time.time)
+
+    def run_started(self, run: Any) -> None:
+        """Record the plan and change points of the run that started."""
+        self.plan = plan_payload(run.plan)
+        self.change_points = list(run.change_points)
 
 
 def finish_record(record: RunRecord | None, run: Any, timings: Any, *, interrupted: bool = False,
@@ -198,12 +219,3 @@ def model_architecture(host_shared: Any) -> str | None:
         return SDNEXT_TYPES.get(getattr(host_shared, "sd_model_type", ""), None) if host_shared.sd_loaded else None
     model = getattr(host_shared, "sd_model", None)
     return next((name for flag, name in MODEL_FLAGS if getattr(model, flag, False)), None)
-
-
-def tag_names(prompts: Iterable[str]) -> list[str]:
-    """The LoRA names tagged in ``prompts`` (first seen first)."""
-    names: dict[str, None] = {}
-    for prompt in prompts:
-        for tag in parse(prompt or "", on_error="skip").tags:
-            names.setdefault(tag.name)
-    return list(names)
