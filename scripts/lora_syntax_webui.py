@@ -179,7 +179,7 @@ class Glue:
             if not params_list:      # this batch (or pass) has no tags: nothing of ours may stay applied
                 self.finish("done")
                 return
-            source = " ".join(a1111.tag_text("lora", params.items) for params in params_list)
+            source = webui.network_text({"lora": params_list})
             if self.run is not None and source == self.source:
                 if getattr(p, "is_hr_pass", False):
                     if not self.hr_pass:

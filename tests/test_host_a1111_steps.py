@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers_engine import lora_state_dict, write_lora
-from lora_syntax.hosts.a1111 import StepHook, pass_steps, plan_step, storage_refusal, tag_text
+from lora_syntax.hosts.a1111 import StepHook, pass_steps, plan_step, storage_refusal
+from lora_syntax.hosts.webui import tag_text
 from lora_syntax.keymaps.build import tree_from_pipeline
 from lora_syntax.keymaps.tree import pipeline_components
 from lora_syntax.library import LoraLibrary

@@ -142,8 +142,3 @@ class StepHook:
         cond, uncond = self.select(self._encoded[segment], call)
         return CondSwap(step, cond, uncond, True)
 
-
-def tag_text(kind: str, items: Iterable[str]) -> str:
-    """A tag rebuilt from the host's ``ExtraNetworkParams.items`` (the text between ``<kind:`` and ``>``
-    split on ``:``), for our parser."""
-    return f"<{kind}:{':'.join(str(item) for item in items)}>"

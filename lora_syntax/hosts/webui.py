@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,16 @@ def strip_negatives(negatives: Sequence[str]) -> tuple[list[str], str | None]:
     return cleaned, warned
 
 
+def tag_text(kind: str, items: Iterable[str]) -> str:
+    """A tag rebuilt from the host's ``ExtraNetworkParams.items`` (the text between ``<kind:`` and ``>``
+    split on ``:``), for our parser."""
+    return f"<{kind}:{':'.join(str(item) for item in items)}>"
+
+
 def network_text(network_data: Any) -> str:
-    """The tags a host's extra-network parser found, as typed: it keeps everything between ``<kind:`` and
-    ``>`` as ``:``-separated items (SD.Next's and A1111's ``ExtraNetworkParams.items``)."""
-    return " ".join(f"<{kind}:{':'.join(params.items)}>" for kind in TAG_KINDS
+    """The tags a host's extra-network parser found, as typed (SD.Next's and A1111's ``network_data``:
+    ``{kind: [ExtraNetworkParams]}``)."""
+    return " ".join(tag_text(kind, params.items) for kind in TAG_KINDS
                     for params in (network_data or {}).get(kind, []))
 
 
