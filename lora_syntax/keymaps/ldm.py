@@ -75,33 +75,35 @@ def block_prefixes(config: Mapping[str, object]) -> dict[str, str]:
     return table
 
 
-def ldm_name(module: str, prefixes: Mapping[str, str]) -> str | None:
-    """The LDM/SGM name of diffusers UNet module ``module``, or ``None`` when it has none."""
-    if module in TOP_LEVEL:
-        return TOP_LEVEL[module]
+def _translate(module: str, prefixes: Mapping[str, str], top_level: Mapping[str, str],
+               resnet: Mapping[str, str], depth: int) -> str | None:
+    """``module`` renamed by the longest block prefix of ``prefixes`` it starts with (up to ``depth`` parts),
+    with the resnet layer names of ``resnet`` inside resnet blocks; ``None`` when no prefix matches."""
+    if module in top_level:
+        return top_level[module]
     parts = module.split(".")
-    for cut in range(min(len(parts), 5), 1, -1):
+    for cut in range(min(len(parts), depth), 1, -1):
         head = ".".join(parts[:cut])
         if head not in prefixes:
             continue
-        rest = parts[cut:]
-        if ".resnets." in f".{head}.":
+        target, rest = prefixes[head], parts[cut:]
+        if ".resnets." in f".{head}." or ".resnets." in f".{target}.":   # the diffusers side names resnets
             tail = ".".join(rest)
-            rest = [RESNET.get(tail, tail)] if tail else []
-        return ".".join([prefixes[head], *rest])
+            rest = [resnet.get(tail, tail)] if tail else []
+        return ".".join([target, *rest])
     return None
+
+
+def ldm_name(module: str, prefixes: Mapping[str, str]) -> str | None:
+    """The LDM/SGM name of diffusers UNet module ``module``, or ``None`` when it has none."""
+    return _translate(module, prefixes, TOP_LEVEL, RESNET, 5)
 
 
 def ldm_names(modules: list[str] | tuple[str, ...] | Mapping[str, object],
               config: Mapping[str, object]) -> dict[str, str]:
     """``{LDM name: diffusers name}`` for every UNet module that has an LDM name."""
     prefixes = block_prefixes(config)
-    found = {}
-    for module in modules:
-        name = ldm_name(module, prefixes)
-        if name is not None:
-            found[name] = module
-    return found
+    return {name: module for module in modules if (name := ldm_name(module, prefixes)) is not None}
 
 
 # -- the other direction: a model whose own modules have LDM/SGM names (A1111, Forge) -------------------
@@ -156,16 +158,4 @@ _RESNET_INVERSE = {ldm: diffusers for diffusers, ldm in RESNET.items()}
 
 def diffusers_name(module: str, prefixes: Mapping[str, str]) -> str | None:
     """The diffusers name of LDM/SGM UNet module ``module`` (``prefixes`` from :func:`diffusers_prefixes`)."""
-    if module in _TOP_LEVEL_INVERSE:
-        return _TOP_LEVEL_INVERSE[module]
-    parts = module.split(".")
-    for cut in range(min(len(parts), 4), 1, -1):
-        head = ".".join(parts[:cut])
-        if head not in prefixes:
-            continue
-        target, rest = prefixes[head], parts[cut:]
-        if ".resnets." in f".{target}.":
-            tail = ".".join(rest)
-            rest = [_RESNET_INVERSE.get(tail, tail)] if tail else []
-        return ".".join([target, *rest])
-    return None
+    return _translate(module, prefixes, _TOP_LEVEL_INVERSE, _RESNET_INVERSE, 4)

@@ -114,11 +114,7 @@ def ldm_unet(root: torch.nn.Module) -> HostComponent:
     modules = weighted_modules(root)
     config = ldm_config(list(modules))
     prefixes = diffusers_prefixes(config)
-    places = {}
-    for module in modules:
-        name = diffusers_name(module, prefixes)
-        if name is not None:
-            places[name] = module
+    places = {name: module for module in modules if (name := diffusers_name(module, prefixes)) is not None}
     return HostComponent(root, places, config)
 
 
