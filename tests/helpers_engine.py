@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lora_syntax.adapters.base import Adapter
+
 # Attention and feed-forward linears of UNets/FLUX transformers and CLIP text encoders.
 LINEAR_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2",
                    "q_proj", "k_proj", "v_proj", "out_proj")
@@ -48,3 +50,15 @@ def assert_bitwise(before: dict[str, torch.Tensor], pipe) -> None:
     assert before.keys() == after.keys()
     for key, value in before.items():
         assert value.dtype == after[key].dtype and torch.equal(value, after[key]), key
+
+
+class StandIn(Adapter):
+    """Test adapters are built directly, never picked from file keys."""
+
+    @classmethod
+    def claims(cls, params):
+        return False
+
+    @classmethod
+    def from_params(cls, params):
+        raise NotImplementedError

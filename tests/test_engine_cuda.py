@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lora_syntax import batched
-from lora_syntax.adapters.base import Adapter
+from helpers_engine import StandIn
 from lora_syntax.adapters.lora import LoraAdapter
 from lora_syntax.errors import LoraApplyError
 from lora_syntax.patcher import ModuleStack, Patcher, Term
@@ -156,18 +156,10 @@ def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device, gr
 
 
 @dataclass(frozen=True, eq=False)
-class Exploding(Adapter):
+class Exploding(StandIn):
     """Fits every module but fails while its delta is computed (after validation passed)."""
 
     kind: ClassVar[str] = "exploding"
-
-    @classmethod
-    def claims(cls, params):
-        return False
-
-    @classmethod
-    def from_params(cls, params):
-        raise NotImplementedError
 
     def delta(self, weight):
         if weight.device.type == "meta":

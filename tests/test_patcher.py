@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from lora_syntax.adapters.base import Adapter
+from helpers_engine import StandIn
 from lora_syntax.adapters.lora import LoraAdapter
 from lora_syntax.errors import LoraApplyError, LoraShapeError
 from lora_syntax.patcher import ModuleStack, Patcher, Term
@@ -43,18 +43,6 @@ def lora(out_f, in_f, rank=2, seed=0, kernel=(), alpha=None):
     up = torch.randn(out_f, rank, *([1] * len(kernel)), generator=g)
     down = torch.randn(rank, in_f, *kernel, generator=g)
     return LoraAdapter(up=up, down=down, alpha=alpha)
-
-
-class StandIn(Adapter):
-    """Test adapters are built directly, never picked from file keys."""
-
-    @classmethod
-    def claims(cls, params):
-        return False
-
-    @classmethod
-    def from_params(cls, params):
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, eq=False)
