@@ -1,30 +1,35 @@
-"""Grouped writes: the modules of one shape re-weighted by one batched product instead of one GEMM each.
+"""Grouped writes: the modules of one shape re-weighted together instead of by one GEMM each.
 
 For a group of G modules of one shape, dtype, device and term ranks, each with its original ``W0_g``
-(out, in), concatenated fp32 factors ``U_g`` (out, R), ``D_g`` (R, in) and column weights ``s_g`` (R,
+(out, in), concatenated fp32 factors ``U_g`` (out, R), ``D_g`` (R, in) and column weights ``c_g`` (R,
 each term's weight times its scale, over its rank's columns):
 
-    P    = bmm(U * s, D)                 fp32 (G, out, in): one product for the whole group
-    P_g += W0_g                          the fp32 sum (one foreach call)
-    W_g  = round(P_g)                    one rounding, into the module's buffer (one foreach copy)
+    W_g = round( W0_g + (U_g * c_g) @ D_g )        sum in fp32, one rounding, the original only read
 
-The originals are only read, the sum is taken in fp32 and rounded once, exactly as on the per-module
-path; what changes is the number of calls: a handful per group instead of several per module, which
-is what a change point costs on a GPU where the arithmetic itself is cheap. A group is built once per
-stack (factors stacked once; each module's factors become views of the stack, so nothing is held twice)
-and holds at most :data:`CHUNK_BYTES` of product, so the extra memory stays bounded.
+Two ways compute it. On CUDA with Triton, one fused kernel per group (:mod:`lora_syntax.triton_fuse`)
+reads each original once and writes each target once. Elsewhere, one batched product ``bmm`` for the
+group, the originals added by one foreach call and the sums rounded into the targets by another. Either
+way a change point costs a handful of calls per group instead of several per module, which is what it
+costs on a GPU where the arithmetic itself is cheap. A group is built once per stack: its factors are
+stacked once (or used in place when they already lie side by side, as :mod:`lora_syntax.factors` packs
+them) and each module's factors become views of the stack, so nothing is held twice. A torch group
+holds at most :data:`CHUNK_BYTES` of fp32 product, so its extra memory stays bounded.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-# Largest fp32 product built at once (bytes); larger groups are split.
+from . import triton_fuse
+
+# Largest fp32 product the torch path builds at once (bytes); larger groups are split.
 CHUNK_BYTES = 256 << 20
-# Fewest modules worth a group: below this the per-module path is as cheap.
+# Fewest modules worth a torch group: below this the per-module path is as cheap. The fused kernel
+# takes groups of any size (one launch against a GEMM and an add per module).
 MIN_GROUP = 4
 
 
@@ -42,54 +47,109 @@ class Member:
 
 @dataclass
 class Group:
-    """Modules sharing one batched product (built once per stack by :func:`build_groups`)."""
+    """Modules sharing one write (built once per stack by :func:`build_groups`)."""
 
     members: list[Member]
     ups: torch.Tensor               # (G, out, R)
     downs: torch.Tensor             # (G, R, in)
-    scales: torch.Tensor            # (G, T) term scales, on the device
-    repeats: torch.Tensor           # (T,) the ranks, to spread term weights over columns
+    scales: torch.Tensor            # (G, T) term scales, on the CPU
+    fused: bool = False             # written by the Triton kernel
+    originals: torch.Tensor | None = None   # kernel: the members' original addresses (int64, device)
+    targets: torch.Tensor | None = None     # kernel: the members' target addresses
+
+    @property
+    def device(self) -> torch.device:
+        return self.ups.device
+
+    def columns(self, weights: Sequence[Sequence[float]]) -> torch.Tensor:
+        """(G, R) fp32 column weights on the device for each member's term ``weights``."""
+        ranks = self.members[0].ranks
+        terms = torch.tensor(weights, dtype=torch.float32).reshape(len(self.members), len(ranks)) * self.scales
+        return terms.repeat_interleave(torch.tensor(ranks), dim=1).to(self.device)
+
+    def selection(self, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """Member indices (all when ``None``) as an int64 tensor on the device."""
+        chosen = range(len(self.members)) if indices is None else indices
+        return torch.tensor(list(chosen), dtype=torch.int64).to(self.device)
 
 
 def group_key(member: Member) -> tuple:
-    """Members with one key can share a batched product."""
+    """Members with one key can share a write."""
     o = member.original
     return (tuple(o.shape), member.ranks, o.dtype, member.target.dtype, o.device)
 
 
-def build_groups(members: Sequence[Member]) -> tuple[list[Group], list[int]]:
-    """Groups of at least :data:`MIN_GROUP` members (split to :data:`CHUNK_BYTES`), and the indices of the
-    members left to the per-module path. Each grouped member's factors are stacked once."""
+def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[list[Group], list[int]]:
+    """Groups of members of one key, and the indices of the members left to the per-module path.
+
+    ``fused``: groups are written by the Triton kernel (any size, no product held); members whose
+    tensors it cannot address are left out. Otherwise groups have at least :data:`MIN_GROUP` members
+    and are split to :data:`CHUNK_BYTES` of product."""
     by_key: dict[tuple, list[int]] = {}
+    rest = []
     for index, member in enumerate(members):
-        by_key.setdefault(group_key(member), []).append(index)
-    groups, rest = [], []
+        if fused and not triton_fuse.fits(member.original, member.target):
+            rest.append(index)
+        else:
+            by_key.setdefault(group_key(member), []).append(index)
+    groups = []
     for indices in by_key.values():
-        if len(indices) < MIN_GROUP:
+        if not fused and len(indices) < MIN_GROUP:
             rest.extend(indices)
             continue
         rows, cols = members[indices[0]].original.shape
-        per_chunk = max(1, CHUNK_BYTES // (rows * cols * 4))
+        per_chunk = len(indices) if fused else max(1, CHUNK_BYTES // (rows * cols * 4))
         for start in range(0, len(indices), per_chunk):
             chunk = [members[i] for i in indices[start:start + per_chunk]]
-            device = chunk[0].original.device
-            groups.append(Group(chunk, torch.stack([m.up for m in chunk]), torch.stack([m.down for m in chunk]),
-                                torch.tensor([m.scales for m in chunk], dtype=torch.float32).to(device),
-                                torch.tensor(chunk[0].ranks).to(device)))
+            group = Group(chunk, stacked([m.up for m in chunk]), stacked([m.down for m in chunk]),
+                          torch.tensor([m.scales for m in chunk], dtype=torch.float32))
+            if fused:
+                group.fused = True
+                group.originals = triton_fuse.addresses([m.original for m in chunk], group.device)
+                group.targets = triton_fuse.addresses([m.target for m in chunk], group.device)
+            groups.append(group)
     return groups, rest
 
 
-def write(group: Group, weights: Sequence[Sequence[float]], select: Sequence[int] | None = None) -> None:
-    """``target = round(W0 + (U * s) @ D)`` for the group's members (or those at ``select``), given each
-    member's low-rank term weights."""
-    device = group.ups.device
-    ups, downs, scales, members = group.ups, group.downs, group.scales, group.members
-    if select is not None:
-        index = torch.tensor(select, device=device)
-        ups, downs, scales = ups.index_select(0, index), downs.index_select(0, index), scales.index_select(0, index)
-        members = [members[i] for i in select]
-    terms = torch.tensor(weights, dtype=torch.float32).to(device, non_blocking=True) * scales
-    columns = terms.repeat_interleave(group.repeats, dim=1, output_size=ups.shape[2])   # (G, R), no sync
-    sums = list(torch.bmm(ups * columns.unsqueeze(1), downs).unbind(0))
-    torch._foreach_add_(sums, [m.original for m in members])
-    torch._foreach_copy_([m.target for m in members], sums)
+def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``, without a copy when they already lie side by side in one storage."""
+    first = tensors[0]
+    step = first.numel()
+    side_by_side = all(t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype
+                       and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                       and t.storage_offset() == first.storage_offset() + i * step
+                       for i, t in enumerate(tensors))
+    if not (side_by_side and first.is_contiguous()):
+        return torch.stack(list(tensors))
+    strides = (step, *first.stride())
+    return first.as_strided((len(tensors), *first.shape), strides, first.storage_offset())
+
+
+def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = None,
+          selection: torch.Tensor | None = None) -> None:
+    """``target = round(W0 + (U * c) @ D)`` for the group's members (or those at ``select``; ``selection``
+    is the same indices already on the device), given their (G, R) column weights. If the kernel fails,
+    it is turned off for the process and this write (and every later one) takes the torch path, in
+    chunks of at most :data:`CHUNK_BYTES` of product."""
+    if group.fused:
+        try:
+            triton_fuse.fuse_group(group.originals, group.targets, group.ups, group.downs, columns,
+                                   group.selection(select) if selection is None else selection,
+                                   group.members[0].target.dtype)
+            return
+        except Exception as error:   # a Triton or driver failure: every group falls back, once warned
+            warnings.warn(triton_fuse.disable(error), RuntimeWarning, stacklevel=2)
+            group.fused = False
+    chosen = list(range(len(group.members))) if select is None else list(select)
+    rows, cols = group.members[0].original.shape
+    per_chunk = max(1, CHUNK_BYTES // (rows * cols * 4))
+    for start in range(0, len(chosen), per_chunk):
+        part = chosen[start:start + per_chunk]
+        ups, downs, part_columns = group.ups, group.downs, columns
+        if len(part) < len(group.members):
+            index = torch.tensor(part, dtype=torch.int64).to(group.device)
+            ups, downs, part_columns = ups.index_select(0, index), downs.index_select(0, index), columns.index_select(0, index)
+        members = [group.members[i] for i in part]
+        sums = list(torch.bmm(ups * part_columns.unsqueeze(1), downs).unbind(0))
+        torch._foreach_add_(sums, [m.original for m in members])
+        torch._foreach_copy_([m.target for m in members], sums)

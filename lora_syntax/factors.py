@@ -55,7 +55,8 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
     Every factor is written once: several terms go straight into their slice of ``U``/``D`` (scales
     folded into ``U``); a single fp32 term on the module's device is used as it is (no copy). Factors
     bound for another device (CUDA) are packed into one host tensor per device and moved in one copy,
-    instead of one small transfer per tensor per module.
+    instead of one small transfer per tensor per module, laid out so that the modules of one shape can
+    be written as a group without stacking their factors again.
     """
     packed: dict[torch.device, list[tuple[Slot, torch.Tensor, torch.Tensor]]] = {}
     for slot in slots:
@@ -85,10 +86,22 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
                 packed.setdefault(device, []).append((slot, slot.low_up, slot.low_down))
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
     for device, items in packed.items():
-        moved = torch.cat([t.reshape(-1) for _, up, down in items for t in (up, down)]).to(device)
-        offset = 0
-        for slot, up, down in items:
-            slot.low_up = moved[offset:offset + up.numel()].view(up.shape)
-            offset += up.numel()
-            slot.low_down = moved[offset:offset + down.numel()].view(down.shape)
-            offset += down.numel()
+        # modules of one shape and ranks side by side, ups then downs: a group's stacks are then views
+        # of this one tensor (batched.stacked), not copies
+        runs: dict[tuple, list[tuple[Slot, torch.Tensor, torch.Tensor]]] = {}
+        for item in items:
+            runs.setdefault((tuple(item[0].module.weight.shape), item[0].low_ranks), []).append(item)
+        order = [t for run in runs.values() for part in (1, 2) for t in (item[part] for item in run)]
+        moved = torch.cat([t.reshape(-1) for t in order]).to(device)
+        views, offset = [], 0
+        for t in order:
+            views.append(moved[offset:offset + t.numel()].view(t.shape))
+            offset += t.numel()
+        at = 0
+        for run in runs.values():
+            for slot, _, _ in run:
+                slot.low_up = views[at]
+                at += 1
+            for slot, _, _ in run:
+                slot.low_down = views[at]
+                at += 1

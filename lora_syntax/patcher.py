@@ -20,14 +20,15 @@ touched module before the error leaves, so the model is never left half-patched.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from . import batched
+from . import batched, triton_fuse
 from .adapters.base import Adapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
 from .factors import prepare_factors
@@ -64,9 +65,13 @@ class ModuleStack:
         """The terms' weights at 1-based ``step`` (steps past the end keep the last weight)."""
         return self.schedule[min(step, len(self.schedule)) - 1]
 
+    @functools.cached_property
+    def _change_points(self) -> tuple[int, ...]:
+        return tuple(s for s in range(2, len(self.schedule) + 1) if self.schedule[s - 1] != self.schedule[s - 2])
+
     def change_points(self) -> tuple[int, ...]:
         """1-based steps (> 1) where some term's weight differs from the step before."""
-        return tuple(s for s in range(2, len(self.schedule) + 1) if self.schedule[s - 1] != self.schedule[s - 2])
+        return self._change_points
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,13 @@ class _Owned:
 
     __slots__ = ("param", "original", "buffer")
 
-    def __init__(self, param: torch.Tensor, room_on_device: bool) -> None:
+    def __init__(self, param: torch.Tensor, room_on_device: bool, buffer: torch.Tensor | None = None) -> None:
         self.param = param
         data = param.detach()
         if room_on_device:
-            self.original, self.buffer = data, torch.empty_like(data, memory_format=torch.contiguous_format)
+            if buffer is None:
+                buffer = torch.empty_like(data, memory_format=torch.contiguous_format)
+            self.original, self.buffer = data, buffer
         else:
             self.original, self.buffer = data.to("cpu", copy=True), None
 
@@ -148,10 +155,77 @@ class _Slot:
     extra_bytes: int = 0
     cached: bool = False
     pristine: bool = True                   # the module shows its original weights
+    grouped: bool = False                   # written with its group (``current`` is then not kept)
 
     @property
     def touched(self) -> bool:
         return self.weight is not None
+
+    def take_factors(self, other: _Slot) -> None:
+        """Use ``other``'s prepared factors (same module, same adapters in the same order)."""
+        self.low_up, self.low_down, self.low_terms = other.low_up, other.low_down, other.low_terms
+        self.low_ranks, self.low_scales, self.other_terms = other.low_ranks, other.low_scales, other.other_terms
+        self.extra_bytes, self.cached = other.extra_bytes, True
+
+
+def _factor_key(slot: _Slot) -> tuple:
+    """Slots with one key have the same factors: one module, on one device, and the same adapter objects
+    (the library hands out one object per loaded file, so a stack used again meets the same ones)."""
+    return (slot.stack.target.component, slot.stack.target.module, slot.module.weight.device,
+            tuple(id(term.adapter) for term in slot.stack.terms))
+
+
+def _room_for_factors(slots: Iterable[_Slot]) -> bool:
+    """Whether factors kept on an accelerator leave :data:`DEVICE_BACKUP_MARGIN` free on it."""
+    devices = {slot.low_up.device for slot in slots if slot.low_up is not None}
+    return all(torch.cuda.mem_get_info(d)[0] > DEVICE_BACKUP_MARGIN for d in devices if d.type == "cuda")
+
+
+class _GroupState:
+    """A group's place in the stack's schedule (private): its distinct weight rows and which one it shows.
+
+    The members' weights are read once per stack: each distinct row of weights (one tuple per member)
+    becomes a (G, R) column tensor on the device, so a change point costs a look-up and one write per
+    group, nothing per module."""
+
+    def __init__(self, group: batched.Group, slots: list[_Slot]) -> None:
+        self.group, self.slots = group, slots
+        steps = sorted({1, *(p for slot in slots for p in slot.stack.change_points())})
+        self._steps = steps                 # the steps at which some member's weights may change
+        keys: dict[tuple, int] = {}
+        self._row_of_step = []
+        for step in steps:
+            key = tuple(slot.stack.weights_at(step) for slot in slots)
+            self._row_of_step.append(keys.setdefault(key, len(keys)))
+        self.rows = list(keys)
+        self.columns = [group.columns(row) for row in self.rows]
+        self.zero_rows = {i for i, row in enumerate(self.rows) if not any(any(w) for w in row)}
+        self.current: int | None = None     # the row the members show (None: not written yet)
+        self.pristine = all(slot.pristine for slot in slots)   # every member shows its original tensor
+        self.installed = False              # the members' buffers are installed
+        self._changed: dict[tuple[int | None, int], tuple[list[int] | None, torch.Tensor | None]] = {}
+        self._addresses = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
+
+    def row_at(self, step: int) -> int:
+        return self._row_of_step[bisect.bisect_right(self._steps, step) - 1]
+
+    def delta(self, row: int) -> tuple[list[int] | None, torch.Tensor | None]:
+        """Members whose weights differ between the current row and ``row`` (``None``: all of them), and
+        the same indices on the device (cached per pair of rows)."""
+        key = (self.current, row)
+        if key not in self._changed:
+            select = None
+            if self.current is not None:
+                old, new = self.rows[self.current], self.rows[row]
+                differ = [g for g, (a, b) in enumerate(zip(old, new)) if a != b]
+                if len(differ) < len(old):
+                    select = differ
+            self._changed[key] = (select, None if select is None else self.group.selection(select))
+        return self._changed[key]
+
+    def addresses_hold(self) -> bool:
+        """Whether every member's parameter still shows its buffer or its original (no host swap)."""
+        return all(slot.weight.param.data_ptr() in pair for slot, pair in zip(self.slots, self._addresses))
 
 
 def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str) -> torch.nn.Module:
@@ -217,16 +291,21 @@ class Patcher:
     graphs (``torch.compile(mode="reduce-overhead")``); it costs a copy on restore. A change takes
     effect for modules patched from then on.
 
-    ``grouped`` writes pure low-rank modules of one shape by one batched product per group
-    (:mod:`lora_syntax.batched`); ``None`` does so on the devices in :data:`GROUPED_DEVICES`.
+    ``grouped`` writes pure low-rank modules of one shape together (:mod:`lora_syntax.batched`); ``None``
+    does so on the devices in :data:`GROUPED_DEVICES`. ``fused`` picks how a group is written: by the
+    Triton kernel (:mod:`lora_syntax.triton_fuse`; ``None``: wherever it is available) or, ``False``, by
+    batched products.
     """
 
     def __init__(self, components: Mapping[str, torch.nn.Module], *, in_place: bool = False,
-                 grouped: bool | None = None) -> None:
+                 grouped: bool | None = None, fused: bool | None = None) -> None:
         self.components = dict(components)
         self.in_place = in_place
         self.grouped = grouped
-        self._groups: list | None = None
+        self.fused = fused
+        self._groups: list[_GroupState] | None = None
+        self._loose: list[_Slot] = []           # slots written one by one (every slot until groups are built)
+        self._factors: dict[tuple, _Slot] = {}  # the last stack's slots by module and adapters: their factors
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
 
@@ -258,10 +337,29 @@ class Patcher:
             slot = _Slot(stack, module)
             if previous is not None and previous.module is module:
                 slot.weight, slot.bias, slot.pristine = previous.weight, previous.bias, previous.pristine
-                if previous.stack == stack:
+                if previous.stack == stack and not previous.grouped:
                     slot.current = previous.current
             self._slots[key] = slot
         self._step = None
+        try:
+            self._prepare_factors()
+        except BaseException as err:
+            self.restore()
+            raise _wrap(err, "preparing the LoRA factors") from err
+
+    def _prepare_factors(self) -> None:
+        """Give every slot its factors, on its module's device, now rather than at the first apply: taken
+        from the last stack where a module meets the same adapters again (the next generation of one
+        stack re-uses them), else prepared and moved in one copy per device."""
+        fresh = []
+        for slot in self._slots.values():
+            donor = self._factors.get(_factor_key(slot))
+            if donor is not None and donor.cached:
+                slot.take_factors(donor)
+            elif not slot.cached:
+                fresh.append(slot)
+        prepare_factors(fresh)
+        self._factors = {_factor_key(slot): slot for slot in self._slots.values()}
 
     @property
     def stacks(self) -> tuple[ModuleStack, ...]:
@@ -282,24 +380,26 @@ class Patcher:
         try:
             with torch.no_grad():
                 self._make_backups()
-                pending = []
-                for slot in self._slots.values():
+                changed = self._write_groups(step)
+                for slot in self._loose:
                     weights = slot.stack.weights_at(step)
                     if slot.pristine and not any(weights):
                         slot.current = weights  # all terms at 0: the original weights are already there
                     elif weights != slot.current:
-                        pending.append((slot, weights))
-                for slot, weights in self._write_grouped(pending):
-                    self._write(slot, weights)
-                changed = len(pending)
+                        self._write(slot, weights)
+                        changed += 1
         except BaseException as err:
             self.restore()
             raise _wrap(err, f"applying the LoRA weights of step {step}") from err
         self._step = step
         return ApplyReport(step, changed, time.perf_counter() - start)
 
-    def restore(self) -> None:
-        """Give every touched module its original tensors back (bit-exact) and release the buffers."""
+    def restore(self, *, keep_factors: bool = True) -> None:
+        """Give every touched module its original tensors back (bit-exact) and release the buffers.
+
+        The stack's factors stay on their device for the next load of the same LoRAs (a generation
+        after a generation) unless ``keep_factors`` is false or the device is short of memory
+        (:data:`DEVICE_BACKUP_MARGIN` free); :meth:`release_factors` drops them."""
         errors = []
         for slot in self._slots.values():
             try:
@@ -308,9 +408,21 @@ class Patcher:
                 errors.append(err)
         self._slots = {}
         self._groups = None
+        self._loose = []
         self._step = None
+        if not keep_factors or errors or not _room_for_factors(self._factors.values()):
+            self.release_factors()
         if errors:
             raise errors[0]
+
+    def release_factors(self) -> None:
+        """Drop the factors kept from the last stack (what :meth:`restore` keeps for the next load)."""
+        self._factors = {}
+
+    @property
+    def factor_bytes(self) -> int:
+        """Bytes of factors kept from the last stack (counted in :attr:`backup_bytes` while it is loaded)."""
+        return sum(slot.extra_bytes for slot in self._factors.values())
 
     @property
     def step(self) -> int | None:
@@ -332,60 +444,75 @@ class Patcher:
             return
         needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
         rooms: dict[torch.device, bool] = {}   # one free-memory query per device, not one per module
+        swapped = []
         for slot in pending:
             device = slot.module.weight.device
             if device not in rooms:
                 rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
             # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
-            room = rooms[device] and not getattr(slot.module, "in_place_only", False)
-            slot.weight = _Owned(slot.module.weight, room)
+            swapped.append(rooms[device] and not getattr(slot.module, "in_place_only", False))
+        buffers = _buffers([s.module.weight for s, room in zip(pending, swapped) if room])
+        for slot, room in zip(pending, swapped):
+            slot.weight = _Owned(slot.module.weight, room, next(buffers) if room else None)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
                 slot.bias = _Owned(bias, room)
         prepare_factors([s for s in self._slots.values() if not s.cached])
 
-    def _write_grouped(self, pending: list[tuple[_Slot, tuple[float, ...]]]) -> list[tuple[_Slot, tuple[float, ...]]]:
-        """Write the pending modules that belong to a group (:mod:`lora_syntax.batched`); return the rest."""
-        if len(pending) < batched.MIN_GROUP:
-            return pending
-        if self._groups is None:
-            self._groups = self._build_groups()
-        todo = {id(slot): (slot, weights) for slot, weights in pending}
-        for group, slots, pointers in self._groups:
-            shown = [-1 if s.weight is None else s.weight.param.data_ptr() for s in slots]
-            if any(q not in p for q, p in zip(shown, pointers)):
-                self._groups = None   # the host replaced a parameter's data: regroup on the next apply
-                break
-            picked = [i for i, s in enumerate(slots) if id(s) in todo and any(todo[id(s)][1])]
-            if len(picked) < batched.MIN_GROUP:
-                continue
-            batched.write(group, [todo[id(slots[i])][1] for i in picked], None if len(picked) == len(slots) else picked)
-            for i in picked:
-                slot, weights = todo.pop(id(slots[i]))
-                if shown[i] != pointers[i][0]:
-                    slot.weight.install()
-                slot.current, slot.pristine = tuple(weights), False
-        return list(todo.values())
+    def _write_groups(self, step: int, rebuilt: bool = False) -> int:
+        """Write the groups whose weights change at ``step``; return how many modules were written.
 
-    def _build_groups(self) -> list[tuple[batched.Group, list[_Slot], list[tuple[int, int]]]]:
-        """Group every eligible module once per stack; their factors become views of the group's stacks."""
-        slots, members = [], []
+        Groups are built on the first apply of a stack (buffers and factors exist by then). If the host
+        replaced a grouped parameter's data since (``module.to``), the groups are built again."""
+        if self._groups is None:
+            self._build_groups()
+        changed = 0
+        for state in self._groups:
+            row = state.row_at(step)
+            if row == state.current:
+                continue
+            if state.pristine and row in state.zero_rows:
+                state.current = row   # every member at 0 and still original: nothing to write
+                continue
+            if not state.addresses_hold() and not rebuilt:
+                self._build_groups()
+                return self._write_groups(step, rebuilt=True)   # every group is written afresh
+            # a first write covers every member (buffers are installed for all); later ones what changed
+            select, selection = state.delta(row) if state.installed else (None, None)
+            batched.write(state.group, state.columns[row], select, selection)
+            if not state.installed:   # the first write of this stack: show the buffers
+                for slot in state.slots:
+                    slot.weight.install()
+                    slot.pristine = False
+                state.installed = True
+            state.pristine = False
+            state.current = row
+            changed += len(state.slots) if select is None else len(select)
+        return changed
+
+    def _build_groups(self) -> None:
+        """Group the eligible modules (once per stack); their factors become views of the group's stacks.
+        Every other slot is written one by one (``_loose``)."""
+        eligible, members = [], []
         for slot in self._slots.values():
+            slot.grouped = False
             grouping = self.grouped if self.grouped is not None else slot.module.weight.device.type in GROUPED_DEVICES
             member = _member(slot) if grouping and slot.cached and slot.touched else None
             if member is not None:
-                slots.append(slot)
+                eligible.append(slot)
                 members.append(member)
-        groups, _ = batched.build_groups(members)
-        slot_of = {id(m): s for m, s in zip(members, slots)}
-        result = []
+        fused = bool(members) and self.fused is not False and all(triton_fuse.available(m.original.device)
+                                                                  for m in members)
+        groups, _ = batched.build_groups(members, fused=fused)
+        slot_of = {id(m): s for m, s in zip(members, eligible)}
+        self._groups = []
         for group in groups:
-            grouped = [slot_of[id(m)] for m in group.members]
-            for g, slot in enumerate(grouped):   # hold the factors once: as views of the group's stacks
+            slots = [slot_of[id(m)] for m in group.members]
+            for g, slot in enumerate(slots):   # hold the factors once: as views of the group's stacks
                 slot.low_up, slot.low_down = group.ups[g], group.downs[g]
-            pointers = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
-            result.append((group, grouped, pointers))
-        return result
+                slot.grouped = True
+            self._groups.append(_GroupState(group, slots))
+        self._loose = [slot for slot in self._slots.values() if not slot.grouped]
 
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
         if not any(weights):
@@ -440,6 +567,30 @@ def _member(slot: _Slot) -> batched.Member | None:
     rows = original.shape[0]
     return batched.Member(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down,
                           slot.low_ranks, slot.low_scales)
+
+
+# Element alignment of the buffers cut from one allocation (128 bytes and more: vector access, the kernel).
+BUFFER_ALIGNMENT = 64
+
+
+def _buffers(weights: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """A fused-weight buffer for each weight, in order: on an accelerator, views of one allocation per
+    device and dtype (one ``cudaMalloc`` instead of one per module on a first apply); on the CPU, one
+    tensor each (glibc returns a freed buffer's pages at once)."""
+    cut: dict[int, torch.Tensor] = {}
+    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, w in enumerate(weights):
+        if w.device.type not in ("cpu", "meta"):
+            by_kind.setdefault((w.device, w.dtype), []).append(i)
+    for (device, dtype), indices in by_kind.items():
+        sizes = [-(-weights[i].numel() // BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT for i in indices]
+        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+        offset = 0
+        for i, size in zip(indices, sizes):
+            cut[i] = flat[offset:offset + weights[i].numel()].view(weights[i].shape)
+            offset += size
+    for i, w in enumerate(weights):
+        yield cut[i] if i in cut else torch.empty_like(w, memory_format=torch.contiguous_format)
 
 
 def _room_on_device(weight: torch.Tensor, needed: int) -> bool:

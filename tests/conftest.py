@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 sys.path.insert(0, str(ROOT))
+
+if os.environ.get("TRITON_INTERPRET") == "1":   # tests/test_triton_fuse.py: the kernel on the CPU
+    from helpers_triton import patch_interpreter
+    patch_interpreter()
 
 
 @pytest.fixture(scope="session")

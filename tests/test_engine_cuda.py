@@ -9,6 +9,7 @@ module, batched products per group of one shape).
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import ClassVar
@@ -16,7 +17,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from lora_syntax import batched
+from lora_syntax import batched, triton_fuse
 from helpers_engine import StandIn
 from lora_syntax.adapters.lora import LoraAdapter
 from lora_syntax.errors import LoraApplyError
@@ -28,12 +29,24 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(params=[False, True], ids=["per-module", "grouped"])
-def grouped(request, monkeypatch) -> bool:
-    """Both write paths: one GEMM per module, and batched products (groups of any size here)."""
-    if request.param:
+# Triton's interpreter (TRITON_INTERPRET=1, tests/test_triton_fuse.py) runs the fused kernel on the CPU,
+# but rounds fp32 to bf16 by truncation where the GPU rounds to nearest: bf16 is then held to one ulp.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.fixture(params=["per-module", "grouped", "fused"])
+def path(request, monkeypatch) -> dict:
+    """Every write path, as Patcher arguments: one GEMM per module, batched products per group of one
+    shape (groups of any size here), and the fused Triton kernel per group (where it runs)."""
+    if request.param == "grouped":
         monkeypatch.setattr(batched, "MIN_GROUP", 1)
-    return request.param
+        return {"grouped": True, "fused": False}
+    if request.param == "fused":
+        device = request.node.callspec.params.get("device", "cpu")
+        if not triton_fuse.available(torch.device(device)):
+            pytest.skip("the fused kernel needs Triton and CUDA (or Triton's interpreter on the CPU)")
+        return {"grouped": True, "fused": True}
+    return {"grouped": False}
 
 
 class Net(torch.nn.Module):
@@ -94,9 +107,10 @@ def assert_one_rounding(fused: torch.Tensor, exact: torch.Tensor) -> None:
     dtype = fused.dtype
     ulp = torch.finfo(dtype).eps * exact.abs().clamp_min(torch.finfo(dtype).tiny)
     fp32_slack = 64 * torch.finfo(torch.float32).eps * exact.abs().max()
-    bound = (4 * ulp if dtype == torch.float32 else 0.5 * ulp) + fp32_slack
+    truncated = INTERPRETED and dtype == torch.bfloat16
+    bound = (4 * ulp if dtype == torch.float32 else (ulp if truncated else 0.5 * ulp)) + fp32_slack
     assert bool(((got - exact).abs() <= bound).all()), float(((got - exact).abs() - bound).max())
-    if dtype != torch.float32:   # and equal to the fp32 reference rounded once, bar rare ties
+    if dtype != torch.float32 and not truncated:   # and equal to the fp32 reference rounded once, bar rare ties
         once = exact.float().to(dtype).double()
         assert float((got == once).double().mean()) > 0.999
 
@@ -113,15 +127,18 @@ def assert_restored(net: Net, before: dict[str, torch.Tensor], copies: dict[str,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype, grouped):
+def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype, path):
     net = make_net(device, dtype)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
     stacks = stacks_for(net, {"q": [(0.8,)], "k": [(0.8,), (0.5,)], "v": [(1.0,), (-0.3,), (0.7,)],
                               "ff": [(0.6,), (0.6,)], "conv": [(0.9,), (0.2,)]})
-    patcher = Patcher({"net": net}, grouped=grouped)
+    patcher = Patcher({"net": net}, **path)
     patcher.load(stacks)
     report = patcher.apply(1)
     assert report.modules == 5
+    if path.get("grouped"):   # every module in a group (ranks differ: groups of one), on the path asked for
+        assert sum(len(g.slots) for g in patcher._groups) == 5 and not patcher._loose
+        assert all(g.group.fused == path["fused"] for g in patcher._groups)
     for stack in stacks:
         param = net.get_submodule(stack.target.module).weight
         assert param.device.type == device and param.dtype == dtype
@@ -133,12 +150,12 @@ def test_fused_weights_are_the_exact_sum_rounded_once(device, dtype, grouped):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device, grouped):
+def test_reweight_recomputes_from_the_original_and_restore_swaps_back(device, path):
     net = make_net(device, torch.float16)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
     stacks = stacks_for(net, {"q": [(0.8, 0.1, 0.8)], "k": [(0.8, 0.8, 0.8), (0.5, 1.0, 0.5)],
                               "ff": [(1.0, 0.0, 1.0)]})
-    patcher = Patcher({"net": net}, grouped=grouped)
+    patcher = Patcher({"net": net}, **path)
     patcher.load(stacks)
     first = {s.target.module: None for s in stacks}
     for step in (1, 2, 3, 2, 1, 3):
@@ -169,12 +186,12 @@ class Exploding(StandIn):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(4))
-def test_random_apply_reweight_error_restore_sequences(device, seed, grouped):
+def test_random_apply_reweight_error_restore_sequences(device, seed, path):
     rng = random.Random(seed)
     dtype = rng.choice(DTYPES)
     net = make_net(device, dtype)
     before, copies = originals(net), {n: p.detach().clone() for n, p in net.named_parameters()}
-    patcher = Patcher({"net": net}, in_place=rng.random() < 0.25, grouped=grouped)
+    patcher = Patcher({"net": net}, in_place=rng.random() < 0.25, **path)
     names = ["q", "k", "v", "ff", "conv"]
     for _ in range(6):
         chosen = rng.sample(names, rng.randint(1, len(names)))
@@ -203,11 +220,11 @@ def test_random_apply_reweight_error_restore_sequences(device, seed, grouped):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_parameter_replaced_by_the_host_mid_run_gets_the_next_weights(device, grouped):
+def test_a_parameter_replaced_by_the_host_mid_run_gets_the_next_weights(device, path):
     net = make_net(device, torch.float16)
     copies = {n: p.detach().clone() for n, p in net.named_parameters()}
     stacks = stacks_for(net, {"q": [(0.8, 0.2)], "k": [(0.8, 0.2)], "v": [(0.5, 1.0)]})
-    patcher = Patcher({"net": net}, grouped=grouped)
+    patcher = Patcher({"net": net}, **path)
     patcher.load(stacks)
     patcher.apply(1)
     moved = net.q.weight.detach().clone()
@@ -240,3 +257,82 @@ def test_factors_are_prepared_once_without_copies_on_the_cpu_and_moved_in_one_co
         assert len(storages) == 1 and all(slot.low_up.device.type == "cuda" for slot in slots.values())
     patcher.apply(1)   # nothing changed: nothing rebuilt
     assert slots["k"].low_up is {key[1]: s for key, s in patcher._slots.items()}["k"].low_up
+
+
+class Row(torch.nn.Module):
+    """Six linears of one shape: one group whose members change at different steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(40, 24, bias=False) for _ in range(6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_group_writes_only_the_members_whose_weights_change(device, path):
+    torch.manual_seed(1)
+    net = Row().to(device, torch.float16).requires_grad_(False)
+    copies = {n: p.detach().clone() for n, p in net.named_parameters()}
+    before = {n: p.data for n, p in net.named_parameters()}
+    # members 0-2 change at step 3, members 3-5 keep one weight; every member starts at 0
+    schedules = [(0.0, 0.0, 0.9, 0.9), (0.0, 0.0, 0.4, 0.4), (0.0, 0.0, 0.4, -0.5)] + [(0.0, 0.7, 0.7, 0.7)] * 3
+    stacks = [ModuleStack(ModuleTarget("net", f"layers.{i}"),
+                          (Term("a", lora(net.layers[i], 4, seed=i), weights),
+                           Term("b", lora(net.layers[i], 4, seed=50 + i), tuple(w / 2 for w in weights))))
+              for i, weights in enumerate(schedules)]
+    patcher = Patcher({"net": net}, **path)
+    patcher.load(stacks)
+    assert patcher.apply(1).modules == 0                      # every weight 0: the originals stay
+    assert all(p.data_ptr() == before[n].data_ptr() for n, p in net.named_parameters())
+    written = [patcher.apply(step).modules for step in (2, 3, 4, 1)]
+    if path.get("grouped"):
+        assert len(patcher._groups) == 1
+        assert written == [6, 3, 1, 6]                           # step 4: only member 2 changes
+    for step in (4, 2):
+        patcher.apply(step)
+        for i, stack in enumerate(stacks):
+            assert_one_rounding(net.layers[i].weight, reference(copies[f"layers.{i}.weight"], stack, step))
+    patcher.restore()
+    assert_restored(net, before, copies)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_next_load_of_the_same_adapters_reuses_their_factors(device):
+    net = make_net(device, torch.float16)
+    stacks = stacks_for(net, {"q": [(0.8,), (0.3,)], "k": [(0.8,), (0.5,)], "ff": [(0.6,), (0.6,)]})
+    patcher = Patcher({"net": net})
+    patcher.load(stacks)
+    assert all(slot.cached for slot in patcher._slots.values())          # prepared (and moved) at load
+    first = {key: slot.low_up.data_ptr() for key, slot in patcher._slots.items()}
+    patcher.apply(1)
+    patcher.restore()
+    assert patcher.factor_bytes > 0                                     # kept for the next generation
+    reweighted = [ModuleStack(s.target, tuple(Term(t.name, t.adapter, (0.1,)) for t in s.terms)) for s in stacks]
+    fresh = stacks_for(net, {"ff": [(0.6,), (0.6,)]})                    # new adapter objects: prepared anew
+    patcher.load(reweighted[:2] + fresh)
+    again = {key: slot.low_up.data_ptr() for key, slot in patcher._slots.items()}
+    assert again[("net", "q")] == first[("net", "q")] and again[("net", "k")] == first[("net", "k")]
+    patcher.apply(1)
+    for stack in reweighted[:2] + fresh:
+        weight = net.get_submodule(stack.target.module).weight
+        assert_one_rounding(weight, reference(originals_of(patcher, stack), stack, 1))
+    patcher.restore(keep_factors=False)
+    assert patcher.factor_bytes == 0
+
+
+def originals_of(patcher: Patcher, stack: ModuleStack) -> torch.Tensor:
+    return patcher._slots[(stack.target.component, stack.target.module)].weight.original
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_a_groups_factors_are_views_of_the_one_copy_that_moved_them():
+    torch.manual_seed(0)
+    net = Row().to("cuda", torch.float16).requires_grad_(False)
+    stacks = [ModuleStack(ModuleTarget("net", f"layers.{i}"), (Term("a", lora(net.layers[i], 4, seed=i), (0.5,)),))
+              for i in range(6)]
+    patcher = Patcher({"net": net})
+    patcher.load(stacks)
+    moved = {slot.low_up.untyped_storage().data_ptr() for slot in patcher._slots.values()}
+    patcher.apply(1)
+    (state,) = patcher._groups
+    assert {state.group.ups.untyped_storage().data_ptr(), state.group.downs.untyped_storage().data_ptr()} == moved
+    patcher.restore()
