@@ -219,6 +219,11 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool 
         restores.append(timed(patcher.restore, device))
         base.append(timed(forward, device))
         again.append(timed(lambda: (patcher.load(stacks), patcher.apply(1)), device))   # the next generation
+    if PROFILE_DIR:   # where the host (Python) time of each phase goes, after the timings
+        profile("load", lambda: patcher.load(stacks))
+        profile("first_fuse", lambda: patcher.apply(1))
+        profile("reweight", lambda: patcher.apply(2))
+        profile("restore", patcher.restore)
     patcher.restore(keep_factors=False)
     result.update(forward=min(patched), base=min(base), restore=min(restores), next_run=min(again),
                   modules=len(touched))
@@ -229,6 +234,26 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool 
         result["reweight_torch"] = timed(lambda: other.apply(2 if other.step == 1 else 1), device, repeat)
         other.restore(keep_factors=False)
     return result
+
+
+PROFILE_DIR: Path | None = None
+
+
+def profile(name: str, fn) -> None:
+    """cProfile of one call of ``fn``, the top functions by own time, into PROFILE_DIR/profile_<name>.txt."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+    (PROFILE_DIR / f"profile_{name}.txt").write_text(text.getvalue())
 
 
 def warm_up(device: str, dtype: torch.dtype) -> float:
@@ -327,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="groups written by the Triton kernel (auto: where it runs) or by batched products")
     parser.add_argument("--compare-torch-path", action="store_true",
                         help="also time the batched-product path (when the kernel is used)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="folder for cProfile reports of load, first fuse, re-weight and restore")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     parser.add_argument("--latent", type=int, default=None, help="latent size for (c) (default: the model's)")
@@ -340,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     TEXT_TOKENS["flux"] = args.text_tokens
     grouped = {"auto": None, "on": True, "off": False}[args.grouped]
     fused = {"auto": None, "on": True, "off": False}[args.fused]
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
+    if PROFILE_DIR:
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     unet, config = build_model(args.arch, args.reduced, args.device, dtype)
     params = sum(p.numel() for p in unet.parameters())
     print(f"{type(unet).__name__} {args.arch}{' (reduced)' if args.reduced else ''}: {params / 1e6:.0f}M params, "

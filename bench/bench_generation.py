@@ -70,6 +70,25 @@ def build_pipeline(device: str, dtype: torch.dtype, reduced: bool):
     return pipe
 
 
+def profile_image(fn, path: Path) -> None:
+    """cProfile of one image of ``fn`` (top functions by cumulative and by own time) into ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(25)
+    path.write_text(text.getvalue())
+
+
 def per_image(fn, device: str, repeat: int) -> float:
     """Best time of one image after a warm-up run."""
     fn()
@@ -84,6 +103,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=None, help="image side, default 1024 (reduced: 256)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--reduced", action="store_true", help="small UNet/text towers/image/steps for a CPU")
+    parser.add_argument("--profile", type=Path, default=None, help="file for a cProfile report of one image of ours")
     args = parser.parse_args()
     steps = args.steps or (6 if args.reduced else 30)
     size = args.size or (256 if args.reduced else 1024)
@@ -106,13 +126,19 @@ def main() -> int:
         def base():
             pipe(prompt, generator=generator(), **common)
 
+        runs = []
+
         def ours():
             with activate(pipe, prompt + tags, lora_dirs=[folder], steps=steps) as run:
                 pipe(run.prompt, generator=generator(), callback_on_step_end=run.callback,
                      callback_on_step_end_tensor_inputs=run.callback_tensor_inputs, **common)
+            runs.append(run)
 
         t_base = per_image(base, args.device, args.repeat)
         t_ours = per_image(ours, args.device, args.repeat)
+        engine = runs[-1].timings.as_dict()
+        if args.profile:
+            profile_image(ours, args.profile)
 
         from safetensors.torch import load_file
         for name in names:
@@ -136,6 +162,9 @@ def main() -> int:
     print(f"per image  base {t_base:7.3f} s  ours {t_ours:7.3f} s ({t_ours / t_base:.3f}x base, target <= 1.03)  "
           f"diffusers set_adapters {t_theirs:7.3f} s ({t_theirs / t_base:.3f}x base); ours / diffusers "
           f"{t_ours / t_theirs:.3f}")
+    points = ", ".join(f"step {p['step']} {p['ms']} ms ({p['modules']} modules)" for p in engine["change_points"])
+    print(f"engine, last image: load {engine['load_ms']} ms, step-1 apply {engine['apply_ms']} ms "
+          f"({engine['applied_modules']} modules), change points: {points or 'none'}, restore {engine['restore_ms']} ms")
     return 0
 
 

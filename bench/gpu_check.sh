@@ -14,7 +14,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 status=0
 
-STEPS="${STEPS:-tests sdxl_fp16 generation flux_bf16 load sd15_fp16}"   # a subset: STEPS="tests sdxl_fp16"
+STEPS="${STEPS:-tests kernel sdxl_fp16 generation flux_bf16 load sd15_fp16}"   # a subset: STEPS="tests sdxl_fp16"
 
 step() {   # step NAME SECONDS COMMAND...: run with a time limit, keep the log, say how it ended
     local name="$1" limit="$2"; shift 2
@@ -31,6 +31,7 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, keep the log, 
     torch.cuda.get_device_name(0) if ok else 'NO CUDA DEVICE'); sys.exit(0 if ok else 1)" || exit 1
 
 step tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_patcher.py
+step kernel 60 "$PYTHON" bench/bench_kernel.py --dtype fp16
 step sdxl_fp16 150 "$PYTHON" bench/bench_engine.py --arch sdxl --device cuda --dtype fp16 --repeat 3 --compare-torch-path
 step generation 120 "$PYTHON" bench/bench_generation.py --device cuda --dtype fp16 --steps 30 --size 1024 --repeat 2
 step flux_bf16 150 "$PYTHON" bench/bench_engine.py --arch flux --device cuda --dtype bf16 --repeat 2 --compare-torch-path
@@ -43,7 +44,8 @@ for name in $STEPS; do
     echo "-- $name"
     case $name in
         tests) tail -n 3 "$OUT/$name.log" ;;
-        *) grep -E "ratio|per image|fixed cost|held by|kernel|path on|^SDXL|^sdxl|Model|Error|error" \
+        kernel) cat "$OUT/$name.log" ;;
+        *) grep -E "ratio|per image|engine, last|fixed cost|held by|kernel|path on|^SDXL|^sdxl|Model|Error|error" \
                "$OUT/$name.log" | grep -v -i "warn" ;;
     esac
 done

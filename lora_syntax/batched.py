@@ -54,8 +54,8 @@ class Group:
     downs: torch.Tensor             # (G, R, in)
     scales: torch.Tensor            # (G, T) term scales, on the CPU
     fused: bool = False             # written by the Triton kernel
-    originals: torch.Tensor | None = None   # kernel: the members' original addresses (int64, device)
-    targets: torch.Tensor | None = None     # kernel: the members' target addresses
+    originals: torch.Tensor | None = None   # kernel: the members' originals as offsets from the first
+    targets: torch.Tensor | None = None     # kernel: the members' targets, likewise
 
     @property
     def device(self) -> torch.device:
@@ -105,24 +105,24 @@ def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[lis
                           torch.tensor([m.scales for m in chunk], dtype=torch.float32))
             if fused:
                 group.fused = True
-                group.originals = triton_fuse.addresses([m.original for m in chunk], group.device)
-                group.targets = triton_fuse.addresses([m.target for m in chunk], group.device)
+                base = chunk[0].original
+                group.originals = triton_fuse.offsets([m.original for m in chunk], base)
+                group.targets = triton_fuse.offsets([m.target for m in chunk], base)
             groups.append(group)
     return groups, rest
 
 
 def stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.stack(tensors)``, without a copy when they already lie side by side in one storage."""
-    first = tensors[0]
-    step = first.numel()
-    side_by_side = all(t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype
-                       and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-                       and t.storage_offset() == first.storage_offset() + i * step
-                       for i, t in enumerate(tensors))
-    if not (side_by_side and first.is_contiguous()):
+    first, last = tensors[0], tensors[-1]
+    step = first.numel() * first.element_size()
+    start = first.data_ptr()
+    side_by_side = (first.is_contiguous() and last.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                    and all(t.data_ptr() == start + i * step and t.shape == first.shape and t.dtype == first.dtype
+                            and t.is_contiguous() for i, t in enumerate(tensors)))
+    if not side_by_side:
         return torch.stack(list(tensors))
-    strides = (step, *first.stride())
-    return first.as_strided((len(tensors), *first.shape), strides, first.storage_offset())
+    return first.as_strided((len(tensors), *first.shape), (first.numel(), *first.stride()), first.storage_offset())
 
 
 def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = None,
@@ -133,9 +133,8 @@ def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = No
     chunks of at most :data:`CHUNK_BYTES` of product."""
     if group.fused:
         try:
-            triton_fuse.fuse_group(group.originals, group.targets, group.ups, group.downs, columns,
-                                   group.selection(select) if selection is None else selection,
-                                   group.members[0].target.dtype)
+            triton_fuse.fuse_group(group.members[0].original, group.originals, group.targets, group.ups,
+                                   group.downs, columns, group.selection(select) if selection is None else selection)
             return
         except Exception as error:   # a Triton or driver failure: every group falls back, once warned
             warnings.warn(triton_fuse.disable(error), RuntimeWarning, stacklevel=2)

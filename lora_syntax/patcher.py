@@ -91,7 +91,7 @@ class _Owned:
     ``original`` is a CPU copy and fused values are written into the parameter itself.
     """
 
-    __slots__ = ("param", "original", "buffer")
+    __slots__ = ("param", "original", "buffer", "_original_at", "_buffer_at")
 
     def __init__(self, param: torch.Tensor, room_on_device: bool, buffer: torch.Tensor | None = None) -> None:
         self.param = param
@@ -102,14 +102,16 @@ class _Owned:
             self.original, self.buffer = data, buffer
         else:
             self.original, self.buffer = data.to("cpu", copy=True), None
+        # where the parameter's data starts when it shows the original or the buffer: both tensors are
+        # held here, so no other tensor can start there (a restore of 700 modules compares integers)
+        self._original_at = data.data_ptr() if self.buffer is not None else -1
+        self._buffer_at = self.buffer.data_ptr() if self.buffer is not None else -1
 
     @property
     def target(self) -> torch.Tensor:
         """The tensor fused values are written into."""
-        if self.buffer is not None:
-            data = self.param.data
-            if not (_same_storage(data, self.buffer) or _same_storage(data, self.original)):
-                self.buffer = None   # the host replaced the parameter's data (module.to): write into it now
+        if self.buffer is not None and self.param.data_ptr() not in (self._buffer_at, self._original_at):
+            self.buffer, self._buffer_at = None, -1   # the host replaced the parameter's data (module.to)
         return self.buffer if self.buffer is not None else self.param.data
 
     @property
@@ -119,22 +121,18 @@ class _Owned:
 
     def install(self) -> None:
         """Make the parameter show the fused values (swap mode: point it at the buffer)."""
-        if self.buffer is not None and not _same_storage(self.param.data, self.buffer):
+        if self.buffer is not None and self.param.data_ptr() != self._buffer_at:
             self.param.data = self.buffer
 
     def restore(self) -> None:
-        """Give the parameter its original values back, bit for bit."""
-        data = self.param.data
-        if _same_storage(data, self.original):
+        """Give the parameter its original values back, bit for bit (call under ``torch.no_grad``)."""
+        at = self.param.data_ptr()
+        if at == self._original_at:
             return
-        if self.buffer is not None and _same_storage(data, self.buffer):
+        if at == self._buffer_at:
             self.param.data = self.original   # swap back: no copy, nothing rounded
         else:                                   # copy mode, or the host moved the parameter since
-            data.copy_(self.original)
-
-
-def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+            self.param.data.copy_(self.original)
 
 
 @dataclass
@@ -325,8 +323,9 @@ class Patcher:
             resolved[key] = (stack, module)
         old = self._slots
         try:
-            for key in [k for k in old if k not in resolved]:
-                self._restore_slot(old[key])
+            with torch.no_grad():
+                for key in [k for k in old if k not in resolved]:
+                    self._restore_slot(old[key])
         except BaseException as err:
             self.restore()
             raise _wrap(err, "restoring modules the new stack no longer touches") from err
@@ -401,11 +400,12 @@ class Patcher:
         after a generation) unless ``keep_factors`` is false or the device is short of memory
         (:data:`DEVICE_BACKUP_MARGIN` free); :meth:`release_factors` drops them."""
         errors = []
-        for slot in self._slots.values():
-            try:
-                self._restore_slot(slot)
-            except BaseException as err:  # keep restoring the others; report the first failure
-                errors.append(err)
+        with torch.no_grad():
+            for slot in self._slots.values():
+                try:
+                    self._restore_slot(slot)
+                except BaseException as err:  # keep restoring the others; report the first failure
+                    errors.append(err)
         self._slots = {}
         self._groups = None
         self._loose = []
@@ -541,10 +541,10 @@ class Patcher:
         slot.pristine = False
 
     def _restore_slot(self, slot: _Slot, release: bool = True) -> None:
-        with torch.no_grad():
-            for owned in (slot.weight, slot.bias):
-                if owned is not None:
-                    owned.restore()
+        """Show ``slot``'s original tensors again (under ``torch.no_grad``, as every caller is)."""
+        for owned in (slot.weight, slot.bias):
+            if owned is not None:
+                owned.restore()
         if release:
             slot.weight = slot.bias = None
             slot.current = None

@@ -12,8 +12,8 @@ once, as everywhere in the engine. fp16/bf16 weights use the matrix units in thr
 each fp32 operand split in two, error near fp32's, far under the half-precision rounding that follows);
 fp32 weights use plain fp32 FMAs (``ieee``), so fp32 models see fp32 arithmetic.
 
-Members are addressed through device arrays of their tensors' addresses, built once per group, so one
-launch covers tensors the model allocated separately. Without Triton (or off CUDA) :func:`available`
+Members are addressed through device arrays of their tensors' offsets from one base tensor, built once
+per group, so one launch covers tensors the model allocated separately, with vector-wide accesses. Without Triton (or off CUDA) :func:`available`
 is false and the engine keeps the batched-product path.
 """
 
@@ -30,8 +30,10 @@ try:  # an optional accelerator path: CPU installs and hosts without Triton keep
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-# Tile of the output each program writes; the rank is consumed BLOCK_K columns at a time.
-BLOCK_M, BLOCK_N, BLOCK_K = 64, 128, 32
+# Tile of the output each program writes; the rank is consumed BLOCK_K columns at a time. The kernel is
+# bound by reading and writing the weights: tiles big enough that the factors, re-read from L2 by every
+# tile of a row or column, cost less than the weights; two stages are enough for ranks of a few dozen.
+BLOCK_M, BLOCK_N, BLOCK_K, WARPS, STAGES = 128, 128, 32, 8, 2
 # Address alignment the kernel needs of every original and target (bytes): one vector access.
 ALIGNMENT = 16
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -52,9 +54,11 @@ def available(device: torch.device) -> bool:
 
 
 if triton is not None:
+    _TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
     @triton.jit
-    def _fuse_group_kernel(originals, targets, ups, downs, columns, selection, rows, cols, rank,
-                           OUT: tl.constexpr, PRECISION: tl.constexpr,
+    def _fuse_group_kernel(base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
+                           OUT: tl.constexpr, VECTOR: tl.constexpr, PRECISION: tl.constexpr,
                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         member = tl.load(selection + tl.program_id(1))
         tile = tl.program_id(0)
@@ -65,6 +69,14 @@ if triton is not None:
         up_base = ups + member * rows * rank
         down_base = downs + member * rank * cols
         column_base = columns + member * rank
+        # members are element offsets from ``base``, each a whole number of ALIGNMENT-byte vectors (``fits``):
+        # saying so lets every access be one vector wide. W0 is read before the product so that its
+        # latency overlaps the matrix work.
+        original = base + tl.multiple_of(tl.load(originals + member), VECTOR)
+        target = base + tl.multiple_of(tl.load(targets + member), VECTOR)
+        offsets = rm[:, None].to(tl.int64) * cols + rn[None, :]
+        inside = (rm[:, None] < rows) & (rn[None, :] < cols)
+        w0 = tl.load(original + offsets, mask=inside, other=0.0)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in tl.range(0, rank, BK):
             kk = k0 + rk
@@ -74,22 +86,19 @@ if triton is not None:
             d = tl.load(down_base + kk[:, None] * cols + rn[None, :],
                         mask=(kk[:, None] < rank) & (rn[None, :] < cols), other=0.0).to(tl.float32)
             acc = tl.dot(u * c[None, :], d, acc, input_precision=PRECISION)
-        original = tl.load(originals + member).to(tl.pointer_type(OUT))
-        target = tl.load(targets + member).to(tl.pointer_type(OUT))
-        offsets = rm[:, None].to(tl.int64) * cols + rn[None, :]
-        inside = (rm[:, None] < rows) & (rn[None, :] < cols)
-        w0 = tl.load(original + offsets, mask=inside, other=0.0).to(tl.float32)
+        fused = w0.to(tl.float32) + acc
         if OUT == tl.float32:
-            tl.store(target + offsets, w0 + acc, mask=inside)
+            tl.store(target + offsets, fused, mask=inside)
         else:   # round to nearest even, as torch does
-            tl.store(target + offsets, (w0 + acc).to(OUT, fp_downcast_rounding="rtne"), mask=inside)
-
-    _TRITON_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+            tl.store(target + offsets, fused.to(OUT, fp_downcast_rounding="rtne"), mask=inside)
 
 
-def addresses(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The tensors' data addresses as an int64 tensor on ``device`` (what the kernel reads them through)."""
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(device)
+
+def offsets(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """Where each tensor starts, in elements from ``base`` (same dtype and device), as an int64 tensor on
+    the device: what the kernel addresses the members through."""
+    size = base.element_size()
+    return torch.tensor([(t.data_ptr() - base.data_ptr()) // size for t in tensors], dtype=torch.int64).to(base.device)
 
 
 def fits(original: torch.Tensor, target: torch.Tensor) -> bool:
@@ -100,20 +109,21 @@ def fits(original: torch.Tensor, target: torch.Tensor) -> bool:
             and target.data_ptr() % ALIGNMENT == 0)
 
 
-def fuse_group(originals: torch.Tensor, targets: torch.Tensor, ups: torch.Tensor, downs: torch.Tensor,
-               columns: torch.Tensor, selection: torch.Tensor, dtype: torch.dtype) -> None:
+def fuse_group(base: torch.Tensor, originals: torch.Tensor, targets: torch.Tensor, ups: torch.Tensor,
+               downs: torch.Tensor, columns: torch.Tensor, selection: torch.Tensor) -> None:
     """``target_g = round(W0_g + (U_g * c_g) @ D_g)`` for the members ``g`` in ``selection``, in one launch.
 
-    ``originals`` / ``targets``: int64 address arrays (:func:`addresses`) of (rows, cols) tensors of
-    ``dtype``; ``ups`` (G, rows, R), ``downs`` (G, R, cols) contiguous, fp32 or half; ``columns`` (G, R)
-    fp32; ``selection``: int64 member indices on the device.
+    ``originals`` / ``targets``: element offsets from ``base`` (:func:`offsets`) of (rows, cols) tensors of
+    ``base``'s dtype, each passing :func:`fits`; ``ups`` (G, rows, R), ``downs`` (G, R, cols) contiguous,
+    fp32 or half; ``columns`` (G, R) fp32; ``selection``: int64 member indices on the device.
     """
     _, rows, rank = ups.shape
     cols = downs.shape[2]
     grid = (triton.cdiv(rows, BLOCK_M) * triton.cdiv(cols, BLOCK_N), selection.numel())
-    _fuse_group_kernel[grid](originals, targets, ups, downs, columns, selection, rows, cols, rank,
-                             OUT=_TRITON_DTYPES[dtype], PRECISION=_precision(dtype, ups.device),
-                             BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=4)
+    _fuse_group_kernel[grid](base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
+                             OUT=_TRITON_DTYPES[base.dtype], VECTOR=ALIGNMENT // base.element_size(),
+                             PRECISION=_precision(base.dtype, base.device),
+                             BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=WARPS, num_stages=STAGES)
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -136,8 +146,8 @@ def disable(error: BaseException) -> str:
 def warm_up(device: torch.device, dtype: torch.dtype) -> None:
     """Compile the kernel for ``dtype`` now (or load it from Triton's disk cache), so that the first
     apply of a generation does not pay for it. Shapes divisible by 16, as real models' are."""
-    w0 = torch.zeros(32, 32, dtype=dtype, device=device)
-    out = torch.empty_like(w0)
-    factors = torch.zeros(1, 32, 16, device=device), torch.zeros(1, 16, 32, device=device)
-    fuse_group(addresses([w0], device), addresses([out], device), *factors, torch.zeros(1, 16, device=device),
-               torch.zeros(1, dtype=torch.int64, device=device), dtype)
+    weights = torch.zeros(2, 32, 32, dtype=dtype, device=device)
+    where = offsets([weights[0], weights[1]], weights[0])
+    fuse_group(weights[0], where[:1], where[1:], torch.zeros(1, 32, 16, device=device),
+               torch.zeros(1, 16, 32, device=device), torch.zeros(1, 16, device=device),
+               torch.zeros(1, dtype=torch.int64, device=device))

@@ -40,13 +40,12 @@ import torch
 from lora_syntax import triton_fuse
 torch.manual_seed(0)
 G, M, N, R = 4, 70, 150, 40   # not multiples of the tiles: the masks are exercised
-cpu = torch.device("cpu")
 for dtype in (torch.float16, torch.float32):
     w0 = [torch.randn(M, N).to(dtype) for _ in range(G)]
     out = [torch.full((M, N), float("nan")).to(dtype) for _ in range(G)]
     ups, downs, columns = torch.randn(G, M, R), torch.randn(G, R, N), torch.rand(G, R)
-    triton_fuse.fuse_group(triton_fuse.addresses(w0, cpu), triton_fuse.addresses(out, cpu), ups, downs, columns,
-                           torch.tensor([0, 2]), dtype)
+    triton_fuse.fuse_group(w0[0], triton_fuse.offsets(w0, w0[0]), triton_fuse.offsets(out, w0[0]), ups, downs,
+                           columns, torch.tensor([0, 2]))
     for g in range(G):
         if g in (1, 3):
             assert out[g].isnan().all(), g   # not selected: not written
