@@ -113,7 +113,12 @@ def build_unet(arch: str, reduced: bool, device: str, dtype: torch.dtype):
     return materialise(unet, device, dtype), config
 
 
-def write_loras(unet, folder: Path, count: int = 3, rank: int = 32, prefix: str = "unet") -> list[Path]:
+# dtype of the bench's LoRA files (--lora-dtype): fp16, as most files in the wild, or fp32
+LORA_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def write_loras(unet, folder: Path, count: int = 3, rank: int = 32, prefix: str = "unet",
+                dtype: torch.dtype = torch.float32) -> list[Path]:
     from safetensors.torch import save_file
 
     paths, g = [], torch.Generator().manual_seed(1)
@@ -121,8 +126,8 @@ def write_loras(unet, folder: Path, count: int = 3, rank: int = 32, prefix: str 
     for i in range(count):
         state = {}
         for name, m in linears:
-            state[f"{prefix}.{name}.lora_A.weight"] = torch.randn(rank, m.in_features, generator=g) * 0.01
-            state[f"{prefix}.{name}.lora_B.weight"] = torch.randn(m.out_features, rank, generator=g) * 0.01
+            state[f"{prefix}.{name}.lora_A.weight"] = (torch.randn(rank, m.in_features, generator=g) * 0.01).to(dtype)
+            state[f"{prefix}.{name}.lora_B.weight"] = (torch.randn(m.out_features, rank, generator=g) * 0.01).to(dtype)
         paths.append(folder / f"lora{i}.safetensors")
         save_file(state, str(paths[-1]))
     return paths
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="groups written by the Triton kernel (auto: where it runs) or by batched products")
     parser.add_argument("--compare-torch-path", action="store_true",
                         help="also time the batched-product path (when the kernel is used)")
+    parser.add_argument("--lora-dtype", choices=tuple(LORA_DTYPE), default="fp32", help="the LoRA files' dtype")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder for cProfile reports of load, first fuse, re-weight and restore")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -378,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
           f"latent {LATENT[args.arch]}x{LATENT[args.arch]} batch {1 if args.arch == 'flux' else 2}, best of {args.repeat}, threads {torch.get_num_threads()}, "
           f"malloc thresholds {'fixed' if all(k in os.environ for k in FIXED_MALLOC) else 'as is'}")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_loras(unet, Path(tmp), prefix=COMPONENT[args.arch])
+        paths = write_loras(unet, Path(tmp), prefix=COMPONENT[args.arch], dtype=LORA_DTYPE[args.lora_dtype])
+        print(f"LoRA files in {args.lora_dtype}")
         ours_r = ours(unet, Path(tmp), args.arch, args.device, args.repeat, grouped, fused, args.compare_torch_path)
         gc.collect()
         theirs = diffusers_side(unet, paths, args.arch, args.device, args.repeat)

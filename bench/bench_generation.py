@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import SDXL, materialise, timed, write_loras  # noqa: E402
+from bench_engine import LORA_DTYPE, SDXL, materialise, timed, write_loras  # noqa: E402
 
 from lora_syntax.hosts.diffusers import activate  # noqa: E402
 
@@ -104,6 +104,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--reduced", action="store_true", help="small UNet/text towers/image/steps for a CPU")
     parser.add_argument("--profile", type=Path, default=None, help="file for a cProfile report of one image of ours")
+    parser.add_argument("--lora-dtype", choices=tuple(LORA_DTYPE), default="fp32", help="the LoRA files' dtype")
     args = parser.parse_args()
     steps = args.steps or (6 if args.reduced else 30)
     size = args.size or (256 if args.reduced else 1024)
@@ -121,7 +122,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_loras(pipe.unet, folder)
+        write_loras(pipe.unet, folder, dtype=LORA_DTYPE[args.lora_dtype])
 
         def base():
             pipe(prompt, generator=generator(), **common)
@@ -157,7 +158,7 @@ def main() -> int:
 
         t_theirs = per_image(theirs, args.device, args.repeat)
     print(f"SDXL{' (reduced: half-width UNet, 2-layer text towers)' if args.reduced else ''}, {size}x{size}, "
-          f"{steps} steps, Euler, CFG, {args.device} {args.dtype}, change points at steps {first} and {second}, "
+          f"{steps} steps, Euler, CFG, {args.device} {args.dtype}, LoRA files {args.lora_dtype}, change points at steps {first} and {second}, "
           f"best of {args.repeat} after a warm-up (latents out, no VAE decode)")
     print(f"per image  base {t_base:7.3f} s  ours {t_ours:7.3f} s ({t_ours / t_base:.3f}x base, target <= 1.03)  "
           f"diffusers set_adapters {t_theirs:7.3f} s ({t_theirs / t_base:.3f}x base); ours / diffusers "

@@ -43,6 +43,7 @@ class Member:
     down: torch.Tensor              # (R, in) fp32
     ranks: tuple[int, ...]          # rank of each low-rank term, in order
     scales: tuple[float, ...]       # scale of each low-rank term not folded into ``up``
+    exact: bool = False             # the factors are exact in TF32 (the kernel may use one TF32 pass)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Group:
     downs: torch.Tensor             # (G, R, in)
     scales: torch.Tensor            # (G, T) term scales, on the CPU
     fused: bool = False             # written by the Triton kernel
+    exact: bool = False             # every member's factors are exact in TF32
     originals: torch.Tensor | None = None   # kernel: the members' originals as offsets from the first
     targets: torch.Tensor | None = None     # kernel: the members' targets, likewise
 
@@ -61,16 +63,34 @@ class Group:
     def device(self) -> torch.device:
         return self.ups.device
 
-    def columns(self, weights: Sequence[Sequence[float]]) -> torch.Tensor:
-        """(G, R) fp32 column weights on the device for each member's term ``weights``."""
+    def columns(self, weights: Sequence[Sequence[float]], device: bool = True) -> torch.Tensor:
+        """(G, R) fp32 column weights for each member's term ``weights``, on the device (``device=False``:
+        on the CPU, for :func:`upload`)."""
         ranks = self.members[0].ranks
         terms = torch.tensor(weights, dtype=torch.float32).reshape(len(self.members), len(ranks)) * self.scales
-        return terms.repeat_interleave(torch.tensor(ranks), dim=1).to(self.device)
+        columns = terms.repeat_interleave(torch.tensor(ranks), dim=1)
+        return columns.to(self.device) if device else columns
 
-    def selection(self, indices: Sequence[int] | None = None) -> torch.Tensor:
-        """Member indices (all when ``None``) as an int64 tensor on the device."""
-        chosen = range(len(self.members)) if indices is None else indices
-        return torch.tensor(list(chosen), dtype=torch.int64).to(self.device)
+    def selection(self, indices: Sequence[int] | None = None, device: bool = True) -> torch.Tensor:
+        """Member indices (all when ``None``) as an int64 tensor on the device (or the CPU)."""
+        chosen = torch.tensor(list(range(len(self.members)) if indices is None else indices), dtype=torch.int64)
+        return chosen.to(self.device) if device else chosen
+
+
+def upload(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The CPU ``tensors`` on ``device`` in one copy per dtype (views of it). A copy from pageable memory
+    waits for the work queued on the device; one copy instead of one per group keeps that to one wait."""
+    moved: list[torch.Tensor | None] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for dtype, indices in by_dtype.items():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices]).to(device)
+        offset = 0
+        for i in indices:
+            moved[i] = flat[offset:offset + tensors[i].numel()].view(tensors[i].shape)
+            offset += tensors[i].numel()
+    return moved
 
 
 def group_key(member: Member) -> tuple:
@@ -92,7 +112,7 @@ def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[lis
             rest.append(index)
         else:
             by_key.setdefault(group_key(member), []).append(index)
-    groups = []
+    groups, addresses = [], []
     for indices in by_key.values():
         if not fused and len(indices) < MIN_GROUP:
             rest.extend(indices)
@@ -104,11 +124,15 @@ def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[lis
             group = Group(chunk, stacked([m.up for m in chunk]), stacked([m.down for m in chunk]),
                           torch.tensor([m.scales for m in chunk], dtype=torch.float32))
             if fused:
-                group.fused = True
+                group.fused, group.exact = True, all(m.exact for m in chunk)
                 base = chunk[0].original
-                group.originals = triton_fuse.offsets([m.original for m in chunk], base)
-                group.targets = triton_fuse.offsets([m.target for m in chunk], base)
+                addresses += [triton_fuse.offsets([m.original for m in chunk], base),
+                              triton_fuse.offsets([m.target for m in chunk], base)]
             groups.append(group)
+    if addresses:   # every group's offsets in one copy
+        moved = iter(upload(addresses, groups[0].device))
+        for group in groups:
+            group.originals, group.targets = next(moved), next(moved)
     return groups, rest
 
 
@@ -134,7 +158,8 @@ def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = No
     if group.fused:
         try:
             triton_fuse.fuse_group(group.members[0].original, group.originals, group.targets, group.ups,
-                                   group.downs, columns, group.selection(select) if selection is None else selection)
+                                   group.downs, columns, group.selection(select) if selection is None else selection,
+                                   ranks=group.members[0].ranks, exact=group.exact)
             return
         except Exception as error:   # a Triton or driver failure: every group falls back, once warned
             warnings.warn(triton_fuse.disable(error), RuntimeWarning, stacklevel=2)

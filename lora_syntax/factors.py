@@ -23,6 +23,10 @@ from .adapters.lora import LoraAdapter
 if TYPE_CHECKING:
     from .patcher import _Slot as Slot
 
+# Devices whose factors are prepared in place from the file's tensors; factors for any other device are
+# copied there raw (:func:`_move`).
+HOST_DEVICES = ("cpu", "meta")
+
 
 def _plain_factors(adapter: Adapter, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, float] | None:
     """``(up, down, scale)`` 2-D factors of a low-rank term with ``delta = scale * up @ down``.
@@ -52,13 +56,14 @@ def _low_rank_terms(slot: Slot) -> list[tuple[int, torch.Tensor, torch.Tensor, f
 def prepare_factors(slots: Sequence[Slot]) -> None:
     """Give each slot its concatenated fp32 factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
 
-    Every factor is written once: several terms go straight into their slice of ``U``/``D`` (scales
-    folded into ``U``); a single fp32 term on the module's device is used as it is (no copy). Factors
-    bound for another device (CUDA) are packed into one host tensor per device and moved in one copy,
-    instead of one small transfer per tensor per module, laid out so that the modules of one shape can
-    be written as a group without stacking their factors again.
+    On the CPU every factor is written once: several terms go straight into their slice of ``U``/``D``
+    (scales folded into ``U``); a single fp32 term is used as it is (no copy). For an accelerator the
+    file's tensors are copied to it as they are (no CPU pass over them: a host copy of a gigabyte of
+    factors costs more than the copies) into one device tensor per device, the terms' scales kept apart
+    in ``low_scales`` (the fused kernel applies them in fp32), and laid out so that the modules of one
+    shape can be written as a group without stacking their factors again.
     """
-    packed: dict[torch.device, list[tuple[Slot, torch.Tensor, torch.Tensor]]] = {}
+    packed: dict[torch.device, list[tuple[Slot, list]]] = {}
     for slot in slots:
         terms = _low_rank_terms(slot)
         device = slot.module.weight.device
@@ -66,8 +71,12 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
         slot.low_ranks = tuple(t[1].shape[1] for t in terms)
         slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
         slot.low_scales = (1.0,) * len(terms)
+        slot.low_exact = False
         slot.cached = True
         if not terms:
+            continue
+        if device.type not in HOST_DEVICES:
+            packed.setdefault(device, []).append((slot, terms))
             continue
         _, up, down, scale = terms[0]
         if len(terms) == 1 and up.dtype == down.dtype == torch.float32 and up.device == down.device == device:
@@ -82,26 +91,49 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
                 torch.mul(up.to("cpu", torch.float32), scale, out=slot.low_up[:, start:stop])
                 slot.low_down[start:stop].copy_(down)
                 start = stop
-            if device.type not in ("cpu", "meta"):
-                packed.setdefault(device, []).append((slot, slot.low_up, slot.low_down))
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
     for device, items in packed.items():
-        # modules of one shape and ranks side by side, ups then downs: a group's stacks are then views
-        # of this one tensor (batched.stacked), not copies
-        runs: dict[tuple, list[tuple[Slot, torch.Tensor, torch.Tensor]]] = {}
-        for item in items:
-            runs.setdefault((tuple(item[0].module.weight.shape), item[0].low_ranks), []).append(item)
-        order = [t for run in runs.values() for part in (1, 2) for t in (item[part] for item in run)]
-        moved = torch.cat([t.reshape(-1) for t in order]).to(device)
-        views, offset = [], 0
-        for t in order:
-            views.append(moved[offset:offset + t.numel()].view(t.shape))
-            offset += t.numel()
-        at = 0
-        for run in runs.values():
-            for slot, _, _ in run:
-                slot.low_up = views[at]
-                at += 1
-            for slot, _, _ in run:
-                slot.low_down = views[at]
-                at += 1
+        _move(device, items)
+
+
+def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
+    """Copy the items' raw factors into one fp32 tensor on ``device``: per run of modules of one shape
+    and ranks, every ``U`` then every ``D`` (a group's stacks are then views of it, :func:`batched.stacked`)."""
+    runs: dict[tuple, list[tuple[Slot, list]]] = {}
+    for slot, terms in items:
+        runs.setdefault((tuple(slot.module.weight.shape), slot.low_ranks), []).append((slot, terms))
+    sizes = [terms[0][1].shape[0] * sum(slot.low_ranks) + sum(slot.low_ranks) * terms[0][2].shape[1]
+             for slot, terms in items]
+    moved = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    offset = 0
+    for run in runs.values():
+        for part in (1, 2):   # every U of the run, then every D
+            for slot, terms in run:
+                rank = sum(slot.low_ranks)
+                rows = terms[0][1].shape[0] if part == 1 else rank
+                cols = rank if part == 1 else terms[0][2].shape[1]
+                view = moved[offset:offset + rows * cols].view(rows, cols)
+                offset += rows * cols
+                start = 0
+                for _, up, down, _ in terms:
+                    stop = start + up.shape[1]
+                    if part == 1:
+                        view[:, start:stop].copy_(up)
+                    else:
+                        view[start:stop].copy_(down)
+                    start = stop
+                if part == 1:
+                    slot.low_up = view
+                else:
+                    slot.low_down = view
+    exact = _tf32_exact(moved)
+    for slot, terms in items:
+        slot.low_scales = tuple(t[3] for t in terms)
+        slot.low_exact = exact
+        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
+
+
+def _tf32_exact(values: torch.Tensor) -> bool:
+    """Whether every fp32 value is exact in TF32 (10-bit mantissa: the low 13 bits are zero), as factors
+    from fp16 or bf16 files are: the matrix units' one-pass TF32 products are then exact."""
+    return not bool((values.view(torch.int32) & 0x1FFF).any())

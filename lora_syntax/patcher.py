@@ -148,6 +148,7 @@ class _Slot:
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
     low_ranks: tuple[int, ...] = ()
     low_scales: tuple[float, ...] = ()      # per low-rank term: its scale when not folded into low_up
+    low_exact: bool = False                 # every factor is exact in TF32 (from fp16/bf16 files)
     other_terms: tuple[int, ...] = ()       # term indices outside the GEMM (other types, non-additive)
     current: tuple[float, ...] | None = None
     extra_bytes: int = 0
@@ -163,7 +164,7 @@ class _Slot:
         """Use ``other``'s prepared factors (same module, same adapters in the same order)."""
         self.low_up, self.low_down, self.low_terms = other.low_up, other.low_down, other.low_terms
         self.low_ranks, self.low_scales, self.other_terms = other.low_ranks, other.low_scales, other.other_terms
-        self.extra_bytes, self.cached = other.extra_bytes, True
+        self.low_exact, self.extra_bytes, self.cached = other.low_exact, other.extra_bytes, True
 
 
 def _factor_key(slot: _Slot) -> tuple:
@@ -196,13 +197,29 @@ class _GroupState:
             key = tuple(slot.stack.weights_at(step) for slot in slots)
             self._row_of_step.append(keys.setdefault(key, len(keys)))
         self.rows = list(keys)
-        self.columns = [group.columns(row) for row in self.rows]
         self.zero_rows = {i for i, row in enumerate(self.rows) if not any(any(w) for w in row)}
         self.current: int | None = None     # the row the members show (None: not written yet)
         self.pristine = all(slot.pristine for slot in slots)   # every member shows its original tensor
         self.installed = False              # the members' buffers are installed
-        self._changed: dict[tuple[int | None, int], tuple[list[int] | None, torch.Tensor | None]] = {}
         self._addresses = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
+        # on the CPU until :meth:`take_uploaded`: each row's column weights, every member's index, and the
+        # members that change between consecutive rows of the schedule (what its change points write)
+        self.columns = [group.columns(row, device=False) for row in self.rows]
+        self.everyone = group.selection(device=False)
+        self._changed: dict[tuple[int | None, int], tuple[list[int] | None, torch.Tensor | None]] = {}
+        for old, new in zip(self._row_of_step, self._row_of_step[1:]):
+            if old != new and (old, new) not in self._changed:
+                self._changed[(old, new)] = self._differ(old, new, device=False)
+
+    def to_upload(self) -> list[torch.Tensor]:
+        """The CPU tensors the device needs, for one :func:`batched.upload` of every group's."""
+        return [*self.columns, self.everyone, *(s for _, s in self._changed.values() if s is not None)]
+
+    def take_uploaded(self, moved: Iterator[torch.Tensor]) -> None:
+        """Take the device copies of :meth:`to_upload`'s tensors, in its order."""
+        self.columns = [next(moved) for _ in self.columns]
+        self.everyone = next(moved)
+        self._changed = {key: (select, None if s is None else next(moved)) for key, (select, s) in self._changed.items()}
 
     def row_at(self, step: int) -> int:
         return self._row_of_step[bisect.bisect_right(self._steps, step) - 1]
@@ -211,29 +228,38 @@ class _GroupState:
         """Members whose weights differ between the current row and ``row`` (``None``: all of them), and
         the same indices on the device (cached per pair of rows)."""
         key = (self.current, row)
-        if key not in self._changed:
-            select = None
-            if self.current is not None:
-                old, new = self.rows[self.current], self.rows[row]
-                differ = [g for g, (a, b) in enumerate(zip(old, new)) if a != b]
-                if len(differ) < len(old):
-                    select = differ
-            self._changed[key] = (select, None if select is None else self.group.selection(select))
+        if key not in self._changed:   # a jump the schedule does not make (a pass started again)
+            self._changed[key] = self._differ(self.current, row, device=True)
         return self._changed[key]
+
+    def _differ(self, old: int | None, new: int, device: bool) -> tuple[list[int] | None, torch.Tensor | None]:
+        if old is None:
+            return None, None
+        differ = [g for g, (a, b) in enumerate(zip(self.rows[old], self.rows[new])) if a != b]
+        if len(differ) == len(self.slots):
+            return None, None
+        return differ, self.group.selection(differ, device=device)
 
     def addresses_hold(self) -> bool:
         """Whether every member's parameter still shows its buffer or its original (no host swap)."""
         return all(slot.weight.param.data_ptr() in pair for slot, pair in zip(self.slots, self._addresses))
 
 
-def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str) -> torch.nn.Module:
+def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str,
+                    index: dict[str, dict[str, torch.nn.Module] | None]) -> torch.nn.Module:
+    """The module ``target`` names. ``index`` holds each plain component's modules by name, built on first
+    use by one walk (a lookup per target instead of a walk down the path)."""
     component = components.get(target.component)
     if component is None:
         raise LoraApplyError(f"LoRA {name!r} patches component {target.component!r}, which this pipeline does not "
                              f"have (it has {', '.join(sorted(components)) or 'none'}); use a LoRA made for this model.")
+    if target.component not in index:   # components that name their modules their own way keep get_submodule
+        plain = type(component).get_submodule is torch.nn.Module.get_submodule
+        index[target.component] = dict(component.named_modules(remove_duplicate=False)) if plain else None
     try:
-        module = component.get_submodule(target.module)
-    except AttributeError:
+        modules = index[target.component]
+        module = modules[target.module] if modules is not None else component.get_submodule(target.module)
+    except (AttributeError, KeyError):
         raise LoraApplyError(f"LoRA {name!r} patches {target.component}.{target.module}, which does not exist in "
                              "this model; the LoRA was made for another model or architecture.") from None
     if not isinstance(getattr(module, "weight", None), torch.Tensor):
@@ -311,13 +337,13 @@ class Patcher:
     def load(self, stacks: Iterable[ModuleStack]) -> None:
         """Validate ``stacks`` in full, then make them the active stack (no weight is written here)."""
         stacks = tuple(stacks)
-        resolved = {}
+        resolved, index = {}, {}
         for stack in stacks:
             key = (stack.target.component, stack.target.module)
             if key in resolved:
                 raise LoraApplyError(f"two stacks aim at {key[0]}.{key[1]}; merge their terms into one ModuleStack.")
             where = f"{key[0]}.{key[1]}"
-            module = _resolve_module(self.components, stack.target, stack.terms[0].name if stack.terms else "?")
+            module = _resolve_module(self.components, stack.target, stack.terms[0].name if stack.terms else "?", index)
             for term in stack.terms:
                 _check_term(module, term, where)
             resolved[key] = (stack, module)
@@ -479,7 +505,7 @@ class Patcher:
                 return self._write_groups(step, rebuilt=True)   # every group is written afresh
             # a first write covers every member (buffers are installed for all); later ones what changed
             select, selection = state.delta(row) if state.installed else (None, None)
-            batched.write(state.group, state.columns[row], select, selection)
+            batched.write(state.group, state.columns[row], select, state.everyone if select is None else selection)
             if not state.installed:   # the first write of this stack: show the buffers
                 for slot in state.slots:
                     slot.weight.install()
@@ -512,6 +538,11 @@ class Patcher:
                 slot.low_up, slot.low_down = group.ups[g], group.downs[g]
                 slot.grouped = True
             self._groups.append(_GroupState(group, slots))
+        for device in {state.group.device for state in self._groups}:   # one copy per device and dtype
+            states = [state for state in self._groups if state.group.device == device]
+            moved = iter(batched.upload([t for state in states for t in state.to_upload()], device))
+            for state in states:
+                state.take_uploaded(moved)
         self._loose = [slot for slot in self._slots.values() if not slot.grouped]
 
     def _write(self, slot: _Slot, weights: Sequence[float]) -> None:
@@ -566,7 +597,7 @@ def _member(slot: _Slot) -> batched.Member | None:
         return None
     rows = original.shape[0]
     return batched.Member(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down,
-                          slot.low_ranks, slot.low_scales)
+                          slot.low_ranks, slot.low_scales, slot.low_exact)
 
 
 # Element alignment of the buffers cut from one allocation (128 bytes and more: vector access, the kernel).

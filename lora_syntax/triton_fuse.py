@@ -9,8 +9,10 @@ product in fp32 registers and writes the rounded sum once into ``target_g``. The
 materialises the fp32 product (and reads it twice more); here the only traffic is the weights read and
 written once plus the small factors, which is the floor of a change point. The sum is fp32 and rounded
 once, as everywhere in the engine. fp16/bf16 weights use the matrix units in three-pass TF32 (``tf32x3``:
-each fp32 operand split in two, error near fp32's, far under the half-precision rounding that follows);
-fp32 weights use plain fp32 FMAs (``ieee``), so fp32 models see fp32 arithmetic.
+each fp32 operand split in two, error near fp32's, far under the half-precision rounding that follows),
+or one TF32 pass where the factors are exact in TF32 (fp16/bf16 files) and each rank block's weight is
+applied to its fp32 product; fp32 weights use plain fp32 FMAs (``ieee``), so fp32 models see fp32
+arithmetic.
 
 Members are addressed through device arrays of their tensors' offsets from one base tensor, built once
 per group, so one launch covers tensors the model allocated separately, with vector-wide accesses. Without Triton (or off CUDA) :func:`available`
@@ -33,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the install
 # Tile of the output each program writes; the rank is consumed BLOCK_K columns at a time. The kernel is
 # bound by reading and writing the weights: tiles big enough that the factors, re-read from L2 by every
 # tile of a row or column, cost less than the weights; two stages are enough for ranks of a few dozen.
-BLOCK_M, BLOCK_N, BLOCK_K, WARPS, STAGES = 128, 128, 32, 8, 2
+BLOCK_M, BLOCK_N, BLOCK_K, WARPS, STAGES = 128, 64, 32, 4, 2
 # Address alignment the kernel needs of every original and target (bytes): one vector access.
 ALIGNMENT = 16
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -59,7 +61,7 @@ if triton is not None:
     @triton.jit
     def _fuse_group_kernel(base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
                            OUT: tl.constexpr, VECTOR: tl.constexpr, PRECISION: tl.constexpr,
-                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                           BLOCKWISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         member = tl.load(selection + tl.program_id(1))
         tile = tl.program_id(0)
         tiles_n = tl.cdiv(cols, BN)
@@ -82,10 +84,13 @@ if triton is not None:
             kk = k0 + rk
             u = tl.load(up_base + rm[:, None] * rank + kk[None, :],
                         mask=(rm[:, None] < rows) & (kk[None, :] < rank), other=0.0).to(tl.float32)
-            c = tl.load(column_base + kk, mask=kk < rank, other=0.0)
             d = tl.load(down_base + kk[:, None] * cols + rn[None, :],
                         mask=(kk[:, None] < rank) & (rn[None, :] < cols), other=0.0).to(tl.float32)
-            acc = tl.dot(u * c[None, :], d, acc, input_precision=PRECISION)
+            if BLOCKWISE:   # the block lies in one term: its weight scales the block's fp32 product
+                acc += tl.dot(u, d, input_precision=PRECISION) * tl.load(column_base + k0)
+            else:
+                c = tl.load(column_base + kk, mask=kk < rank, other=0.0)
+                acc = tl.dot(u * c[None, :], d, acc, input_precision=PRECISION)
         fused = w0.to(tl.float32) + acc
         if OUT == tl.float32:
             tl.store(target + offsets, fused, mask=inside)
@@ -95,10 +100,10 @@ if triton is not None:
 
 
 def offsets(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
-    """Where each tensor starts, in elements from ``base`` (same dtype and device), as an int64 tensor on
-    the device: what the kernel addresses the members through."""
-    size = base.element_size()
-    return torch.tensor([(t.data_ptr() - base.data_ptr()) // size for t in tensors], dtype=torch.int64).to(base.device)
+    """Where each tensor starts, in elements from ``base`` (same dtype and device), as an int64 CPU tensor
+    (moved to the device by the caller): what the kernel addresses the members through."""
+    size, start = base.element_size(), base.data_ptr()
+    return torch.tensor([(t.data_ptr() - start) // size for t in tensors], dtype=torch.int64)
 
 
 def fits(original: torch.Tensor, target: torch.Tensor) -> bool:
@@ -110,27 +115,35 @@ def fits(original: torch.Tensor, target: torch.Tensor) -> bool:
 
 
 def fuse_group(base: torch.Tensor, originals: torch.Tensor, targets: torch.Tensor, ups: torch.Tensor,
-               downs: torch.Tensor, columns: torch.Tensor, selection: torch.Tensor) -> None:
+               downs: torch.Tensor, columns: torch.Tensor, selection: torch.Tensor, *,
+               ranks: Sequence[int] = (), exact: bool = False) -> None:
     """``target_g = round(W0_g + (U_g * c_g) @ D_g)`` for the members ``g`` in ``selection``, in one launch.
 
     ``originals`` / ``targets``: element offsets from ``base`` (:func:`offsets`) of (rows, cols) tensors of
     ``base``'s dtype, each passing :func:`fits`; ``ups`` (G, rows, R), ``downs`` (G, R, cols) contiguous,
-    fp32 or half; ``columns`` (G, R) fp32; ``selection``: int64 member indices on the device.
+    fp32 or half; ``columns`` (G, R) fp32; ``selection``: int64 member indices on the device. ``ranks``:
+    the terms' ranks (when each is a multiple of :data:`BLOCK_K`, each block's weight is applied to its
+    fp32 product); ``exact``: every factor is exact in TF32, so one TF32 pass computes the fp32 product.
     """
     _, rows, rank = ups.shape
     cols = downs.shape[2]
+    blockwise = bool(ranks) and all(r % BLOCK_K == 0 for r in ranks)
     grid = (triton.cdiv(rows, BLOCK_M) * triton.cdiv(cols, BLOCK_N), selection.numel())
     _fuse_group_kernel[grid](base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
                              OUT=_TRITON_DTYPES[base.dtype], VECTOR=ALIGNMENT // base.element_size(),
-                             PRECISION=_precision(base.dtype, base.device),
-                             BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=WARPS, num_stages=STAGES)
+                             PRECISION=precision(base.dtype, base.device, exact and blockwise),
+                             BLOCKWISE=blockwise, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K,
+                             num_warps=WARPS, num_stages=STAGES)
 
 
-def _precision(dtype: torch.dtype, device: torch.device) -> str:
-    """fp32 arithmetic for fp32 weights and on GPUs without TF32 (before Ampere); else three-pass TF32."""
+def precision(dtype: torch.dtype, device: torch.device, exact_in_tf32: bool) -> str:
+    """How ``tl.dot`` multiplies fp32 factors. fp32 weights, and GPUs without TF32 (before Ampere): fp32
+    FMAs. Factors exact in TF32 multiplied as they are (weights applied after the product): one TF32
+    pass, whose products are exact and summed in fp32. Otherwise three-pass TF32 (each operand split in
+    two), within fp32's error and far under the half-precision rounding that follows."""
     if dtype == torch.float32 or device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
         return "ieee"
-    return "tf32x3"
+    return "tf32" if exact_in_tf32 else "tf32x3"
 
 
 def disable(error: BaseException) -> str:
@@ -144,10 +157,13 @@ def disable(error: BaseException) -> str:
 
 
 def warm_up(device: torch.device, dtype: torch.dtype) -> None:
-    """Compile the kernel for ``dtype`` now (or load it from Triton's disk cache), so that the first
-    apply of a generation does not pay for it. Shapes divisible by 16, as real models' are."""
+    """Compile the kernel's variants for ``dtype`` now (or load them from Triton's disk cache), so that
+    the first apply of a generation does not pay for it: rank blocks weighted after their product (one
+    TF32 pass) and column weights inside it. Shapes divisible by 16, as real models' are."""
     weights = torch.zeros(2, 32, 32, dtype=dtype, device=device)
-    where = offsets([weights[0], weights[1]], weights[0])
-    fuse_group(weights[0], where[:1], where[1:], torch.zeros(1, 32, 16, device=device),
-               torch.zeros(1, 16, 32, device=device), torch.zeros(1, 16, device=device),
-               torch.zeros(1, dtype=torch.int64, device=device))
+    where = offsets([weights[0], weights[1]], weights[0]).to(device)
+    for ranks, exact in (((BLOCK_K,), True), ((BLOCK_K // 2, BLOCK_K // 2), False)):
+        rank = sum(ranks)
+        fuse_group(weights[0], where[:1], where[1:], torch.zeros(1, 32, rank, device=device),
+                   torch.zeros(1, rank, 32, device=device), torch.zeros(1, rank, device=device),
+                   torch.zeros(1, dtype=torch.int64, device=device), ranks=ranks, exact=exact)
