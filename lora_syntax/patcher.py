@@ -476,7 +476,7 @@ class Patcher:
             if device not in rooms:
                 rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
             # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
-            swapped.append(rooms[device] and not getattr(slot.module, "in_place_only", False))
+            swapped.append(rooms[device] and not getattr(type(slot.module), "in_place_only", False))
         buffers = _buffers([s.module.weight for s, room in zip(pending, swapped) if room])
         for slot, room in zip(pending, swapped):
             slot.weight = _Owned(slot.module.weight, room, next(buffers) if room else None)
@@ -534,9 +534,9 @@ class Patcher:
         self._groups = []
         for group in groups:
             slots = [slot_of[id(m)] for m in group.members]
-            for g, slot in enumerate(slots):   # hold the factors once: as views of the group's stacks
-                slot.low_up, slot.low_down = group.ups[g], group.downs[g]
+            for slot in slots:
                 slot.grouped = True
+            _share_factors(group, slots)   # hold the factors once
             self._groups.append(_GroupState(group, slots))
         for device in {state.group.device for state in self._groups}:   # one copy per device and dtype
             states = [state for state in self._groups if state.group.device == device]
@@ -587,6 +587,15 @@ _DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUPED_DEVICES = ("cuda",)
 
 
+def _share_factors(group: batched.Group, slots: list[_Slot]) -> None:
+    """Point the slots' factors at the group's stacks (so that they are held once), unless the stacks
+    are the slots' own factors side by side already (:func:`batched.stacked` made no copy)."""
+    if group.ups.data_ptr() == slots[0].low_up.data_ptr() and group.downs.data_ptr() == slots[0].low_down.data_ptr():
+        return
+    for g, slot in enumerate(slots):
+        slot.low_up, slot.low_down = group.ups[g], group.downs[g]
+
+
 def _member(slot: _Slot) -> batched.Member | None:
     """A pure low-rank module whose fused weight can go straight into its target, as a group member."""
     if slot.other_terms or slot.bias is not None or not slot.low_terms:
@@ -595,9 +604,10 @@ def _member(slot: _Slot) -> batched.Member | None:
     if (original.device != target.device or target.dtype != original.dtype or target.dtype not in _DIRECT_DTYPES
             or not target.is_contiguous() or original is target or slot.low_up.device != target.device):
         return None
-    rows = original.shape[0]
-    return batched.Member(original.reshape(rows, -1), target.view(rows, -1), slot.low_up, slot.low_down,
-                          slot.low_ranks, slot.low_scales, slot.low_exact)
+    if original.dim() != 2:   # convolutions: (out, in*k) views
+        original, target = original.reshape(original.shape[0], -1), target.view(original.shape[0], -1)
+    return batched.Member(original, target, slot.low_up, slot.low_down, slot.low_ranks, slot.low_scales,
+                          slot.low_exact)
 
 
 # Element alignment of the buffers cut from one allocation (128 bytes and more: vector access, the kernel).
