@@ -213,7 +213,7 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool 
     result["reweight"] = timed(lambda: patcher.apply(2 if patcher.step == 1 else 1), device, repeat)
     result["backup_bytes"] = patcher.backup_bytes
     result["touched_bytes"] = sum(w.numel() * w.element_size() for w in touched.values())
-    result["kernel"] = bool(patcher._groups) and all(g.group.fused for g in patcher._groups)
+    result["kernel"] = patcher.writes_by_kernel
     copies = {k: w.detach().clone() for k, w in touched.items()}
     result["copy_once"] = timed(lambda: [touched[k].data.copy_(v) for k, v in copies.items()], device, repeat)
     del copies
@@ -245,7 +245,12 @@ PROFILE_DIR: Path | None = None
 
 
 def profile(name: str, fn) -> None:
-    """cProfile of one call of ``fn``, the top functions by own time, into PROFILE_DIR/profile_<name>.txt."""
+    """cProfile of one call of ``fn`` into PROFILE_DIR/profile_<name>.txt."""
+    profile_to(PROFILE_DIR / f"profile_{name}.txt", fn)
+
+
+def profile_to(path: Path, fn, orders: tuple[tuple[str, int], ...] = (("tottime", 30),)) -> None:
+    """cProfile of one call of ``fn`` (the device synchronised after it): the top functions in each order."""
     import cProfile
     import io
     import pstats
@@ -257,8 +262,10 @@ def profile(name: str, fn) -> None:
         torch.cuda.synchronize()
     profiler.disable()
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
-    (PROFILE_DIR / f"profile_{name}.txt").write_text(text.getvalue())
+    stats = pstats.Stats(profiler, stream=text)
+    for order, count in orders:
+        stats.sort_stats(order).print_stats(count)
+    path.write_text(text.getvalue())
 
 
 def warm_up(device: str, dtype: torch.dtype) -> float:

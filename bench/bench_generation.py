@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import LORA_DTYPE, SDXL, materialise, timed, write_loras  # noqa: E402
+from bench_engine import LORA_DTYPE, SDXL, materialise, profile_to, timed, write_loras  # noqa: E402
 
 from lora_syntax.hosts.diffusers import activate  # noqa: E402
 
@@ -68,25 +68,6 @@ def build_pipeline(device: str, dtype: torch.dtype, reduced: bool):
                                      scheduler=EulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def profile_image(fn, path: Path) -> None:
-    """cProfile of one image of ``fn`` (top functions by cumulative and by own time) into ``path``."""
-    import cProfile
-    import io
-    import pstats
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    profiler.disable()
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("cumulative").print_stats(40)
-    stats.sort_stats("tottime").print_stats(25)
-    path.write_text(text.getvalue())
 
 
 def per_image(fn, device: str, repeat: int) -> float:
@@ -139,7 +120,7 @@ def main() -> int:
         t_ours = per_image(ours, args.device, args.repeat)
         engine = runs[-1].timings.as_dict()
         if args.profile:
-            profile_image(ours, args.profile)
+            profile_to(args.profile, ours, (("cumulative", 40), ("tottime", 25)))
 
         from safetensors.torch import load_file
         for name in names:

@@ -20,11 +20,10 @@ touched module before the error leaves, so the model is never left half-patched.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +31,9 @@ from . import batched, triton_fuse
 from .adapters.base import Adapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
 from .factors import prepare_factors
+from .fusing import fuse
+from .grouping import DIRECT_DTYPES, GroupState, member_of, share_factors
+from .owned import OwnedTensor, buffers
 from .targets import ModuleTarget
 
 # Give fused weights their own buffers on an accelerator only when this much memory stays free afterwards.
@@ -83,66 +85,14 @@ class ApplyReport:
     seconds: float
 
 
-class _Owned:
-    """One parameter (weight or bias) the patcher has taken over: its original tensor and where fused values go.
-
-    Swap mode: ``original`` is the module's own tensor, left untouched; fused values are written into
-    ``buffer``, which is installed as the parameter's data. Copy mode (no room for a buffer on the device):
-    ``original`` is a CPU copy and fused values are written into the parameter itself.
-    """
-
-    __slots__ = ("param", "original", "buffer", "_original_at", "_buffer_at")
-
-    def __init__(self, param: torch.Tensor, room_on_device: bool, buffer: torch.Tensor | None = None) -> None:
-        self.param = param
-        data = param.detach()
-        if room_on_device:
-            if buffer is None:
-                buffer = torch.empty_like(data, memory_format=torch.contiguous_format)
-            self.original, self.buffer = data, buffer
-        else:
-            self.original, self.buffer = data.to("cpu", copy=True), None
-        # where the parameter's data starts when it shows the original or the buffer: both tensors are
-        # held here, so no other tensor can start there (a restore of 700 modules compares integers)
-        self._original_at = data.data_ptr() if self.buffer is not None else -1
-        self._buffer_at = self.buffer.data_ptr() if self.buffer is not None else -1
-
-    @property
-    def target(self) -> torch.Tensor:
-        """The tensor fused values are written into."""
-        if self.buffer is not None and self.param.data_ptr() not in (self._buffer_at, self._original_at):
-            self.buffer, self._buffer_at = None, -1   # the host replaced the parameter's data (module.to)
-        return self.buffer if self.buffer is not None else self.param.data
-
-    @property
-    def extra_bytes(self) -> int:
-        held = self.buffer if self.buffer is not None else self.original
-        return held.numel() * held.element_size()
-
-    def install(self) -> None:
-        """Make the parameter show the fused values (swap mode: point it at the buffer)."""
-        if self.buffer is not None and self.param.data_ptr() != self._buffer_at:
-            self.param.data = self.buffer
-
-    def restore(self) -> None:
-        """Give the parameter its original values back, bit for bit (call under ``torch.no_grad``)."""
-        at = self.param.data_ptr()
-        if at == self._original_at:
-            return
-        if at == self._buffer_at:
-            self.param.data = self.original   # swap back: no copy, nothing rounded
-        else:                                   # copy mode, or the host moved the parameter since
-            self.param.data.copy_(self.original)
-
-
 @dataclass
 class _Slot:
     """Live state of one patched module: its owned parameters and cached factors (private)."""
 
     stack: ModuleStack
     module: torch.nn.Module
-    weight: _Owned | None = None
-    bias: _Owned | None = None
+    weight: OwnedTensor | None = None
+    bias: OwnedTensor | None = None
     low_up: torch.Tensor | None = None      # (out, sum r) concatenated up factors, fp32
     low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, fp32
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
@@ -178,71 +128,6 @@ def _room_for_factors(slots: Iterable[_Slot]) -> bool:
     """Whether factors kept on an accelerator leave :data:`DEVICE_BACKUP_MARGIN` free on it."""
     devices = {slot.low_up.device for slot in slots if slot.low_up is not None}
     return all(torch.cuda.mem_get_info(d)[0] > DEVICE_BACKUP_MARGIN for d in devices if d.type == "cuda")
-
-
-class _GroupState:
-    """A group's place in the stack's schedule (private): its distinct weight rows and which one it shows.
-
-    The members' weights are read once per stack: each distinct row of weights (one tuple per member)
-    becomes a (G, R) column tensor on the device, so a change point costs a look-up and one write per
-    group, nothing per module."""
-
-    def __init__(self, group: batched.Group, slots: list[_Slot]) -> None:
-        self.group, self.slots = group, slots
-        steps = sorted({1, *(p for slot in slots for p in slot.stack.change_points())})
-        self._steps = steps                 # the steps at which some member's weights may change
-        keys: dict[tuple, int] = {}
-        self._row_of_step = []
-        for step in steps:
-            key = tuple(slot.stack.weights_at(step) for slot in slots)
-            self._row_of_step.append(keys.setdefault(key, len(keys)))
-        self.rows = list(keys)
-        self.zero_rows = {i for i, row in enumerate(self.rows) if not any(any(w) for w in row)}
-        self.current: int | None = None     # the row the members show (None: not written yet)
-        self.pristine = all(slot.pristine for slot in slots)   # every member shows its original tensor
-        self.installed = False              # the members' buffers are installed
-        self._addresses = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
-        # on the CPU until :meth:`take_uploaded`: each row's column weights, every member's index, and the
-        # members that change between consecutive rows of the schedule (what its change points write)
-        self.columns = [group.columns(row, device=False) for row in self.rows]
-        self.everyone = group.selection(device=False)
-        self._changed: dict[tuple[int | None, int], tuple[list[int] | None, torch.Tensor | None]] = {}
-        for old, new in zip(self._row_of_step, self._row_of_step[1:]):
-            if old != new and (old, new) not in self._changed:
-                self._changed[(old, new)] = self._differ(old, new, device=False)
-
-    def to_upload(self) -> list[torch.Tensor]:
-        """The CPU tensors the device needs, for one :func:`batched.upload` of every group's."""
-        return [*self.columns, self.everyone, *(s for _, s in self._changed.values() if s is not None)]
-
-    def take_uploaded(self, moved: Iterator[torch.Tensor]) -> None:
-        """Take the device copies of :meth:`to_upload`'s tensors, in its order."""
-        self.columns = [next(moved) for _ in self.columns]
-        self.everyone = next(moved)
-        self._changed = {key: (select, None if s is None else next(moved)) for key, (select, s) in self._changed.items()}
-
-    def row_at(self, step: int) -> int:
-        return self._row_of_step[bisect.bisect_right(self._steps, step) - 1]
-
-    def delta(self, row: int) -> tuple[list[int] | None, torch.Tensor | None]:
-        """Members whose weights differ between the current row and ``row`` (``None``: all of them), and
-        the same indices on the device (cached per pair of rows)."""
-        key = (self.current, row)
-        if key not in self._changed:   # a jump the schedule does not make (a pass started again)
-            self._changed[key] = self._differ(self.current, row, device=True)
-        return self._changed[key]
-
-    def _differ(self, old: int | None, new: int, device: bool) -> tuple[list[int] | None, torch.Tensor | None]:
-        if old is None:
-            return None, None
-        differ = [g for g, (a, b) in enumerate(zip(self.rows[old], self.rows[new])) if a != b]
-        if len(differ) == len(self.slots):
-            return None, None
-        return differ, self.group.selection(differ, device=device)
-
-    def addresses_hold(self) -> bool:
-        """Whether every member's parameter still shows its buffer or its original (no host swap)."""
-        return all(slot.weight.param.data_ptr() in pair for slot, pair in zip(self.slots, self._addresses))
 
 
 def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str,
@@ -327,7 +212,7 @@ class Patcher:
         self.in_place = in_place
         self.grouped = grouped
         self.fused = fused
-        self._groups: list[_GroupState] | None = None
+        self._groups: list[GroupState] | None = None
         self._loose: list[_Slot] = []           # slots written one by one (every slot until groups are built)
         self._factors: dict[tuple, _Slot] = {}  # the last stack's slots by module and adapters: their factors
         self._slots: dict[tuple[str, str], _Slot] = {}
@@ -451,6 +336,11 @@ class Patcher:
         return sum(slot.extra_bytes for slot in self._factors.values())
 
     @property
+    def writes_by_kernel(self) -> bool:
+        """Whether the loaded stack's groups are written by the fused Triton kernel (known after an apply)."""
+        return bool(self._groups) and all(state.group.fused for state in self._groups)
+
+    @property
     def step(self) -> int | None:
         return self._step
 
@@ -477,12 +367,12 @@ class Patcher:
                 rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
             # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
             swapped.append(rooms[device] and not getattr(type(slot.module), "in_place_only", False))
-        buffers = _buffers([s.module.weight for s, room in zip(pending, swapped) if room])
+        fresh = buffers([s.module.weight for s, room in zip(pending, swapped) if room])
         for slot, room in zip(pending, swapped):
-            slot.weight = _Owned(slot.module.weight, room, next(buffers) if room else None)
+            slot.weight = OwnedTensor(slot.module.weight, room, next(fresh) if room else None)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
-                slot.bias = _Owned(bias, room)
+                slot.bias = OwnedTensor(bias, room)
         prepare_factors([s for s in self._slots.values() if not s.cached])
 
     def _write_groups(self, step: int, rebuilt: bool = False) -> int:
@@ -523,7 +413,7 @@ class Patcher:
         for slot in self._slots.values():
             slot.grouped = False
             grouping = self.grouped if self.grouped is not None else slot.module.weight.device.type in GROUPED_DEVICES
-            member = _member(slot) if grouping and slot.cached and slot.touched else None
+            member = member_of(slot) if grouping and slot.cached and slot.touched else None
             if member is not None:
                 eligible.append(slot)
                 members.append(member)
@@ -536,8 +426,8 @@ class Patcher:
             slots = [slot_of[id(m)] for m in group.members]
             for slot in slots:
                 slot.grouped = True
-            _share_factors(group, slots)   # hold the factors once
-            self._groups.append(_GroupState(group, slots))
+            share_factors(group, slots)   # hold the factors once
+            self._groups.append(GroupState(group, slots))
         for device in {state.group.device for state in self._groups}:   # one copy per device and dtype
             states = [state for state in self._groups if state.group.device == device]
             moved = iter(batched.upload([t for state in states for t in state.to_upload()], device))
@@ -553,7 +443,7 @@ class Patcher:
         owned = slot.weight
         target = owned.target
         original = owned.original.to(target.device)
-        direct = (target.dtype == original.dtype and target.dtype in _DIRECT_DTYPES and target.is_contiguous()
+        direct = (target.dtype == original.dtype and target.dtype in DIRECT_DTYPES and target.is_contiguous()
                   and original is not target)
         fused = fuse(original, slot, weights, into=target if direct else None)
         if fused is not None:
@@ -582,56 +472,8 @@ class Patcher:
         slot.pristine = True
 
 
-_DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Devices whose modules are written by batched products by default (Patcher(grouped=...) overrides).
 GROUPED_DEVICES = ("cuda",)
-
-
-def _share_factors(group: batched.Group, slots: list[_Slot]) -> None:
-    """Point the slots' factors at the group's stacks (so that they are held once), unless the stacks
-    are the slots' own factors side by side already (:func:`batched.stacked` made no copy)."""
-    if group.ups.data_ptr() == slots[0].low_up.data_ptr() and group.downs.data_ptr() == slots[0].low_down.data_ptr():
-        return
-    for g, slot in enumerate(slots):
-        slot.low_up, slot.low_down = group.ups[g], group.downs[g]
-
-
-def _member(slot: _Slot) -> batched.Member | None:
-    """A pure low-rank module whose fused weight can go straight into its target, as a group member."""
-    if slot.other_terms or slot.bias is not None or not slot.low_terms:
-        return None
-    target, original = slot.weight.target, slot.weight.original
-    if (original.device != target.device or target.dtype != original.dtype or target.dtype not in _DIRECT_DTYPES
-            or not target.is_contiguous() or original is target or slot.low_up.device != target.device):
-        return None
-    if original.dim() != 2:   # convolutions: (out, in*k) views
-        original, target = original.reshape(original.shape[0], -1), target.view(original.shape[0], -1)
-    return batched.Member(original, target, slot.low_up, slot.low_down, slot.low_ranks, slot.low_scales,
-                          slot.low_exact)
-
-
-# Element alignment of the buffers cut from one allocation (128 bytes and more: vector access, the kernel).
-BUFFER_ALIGNMENT = 64
-
-
-def _buffers(weights: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """A fused-weight buffer for each weight, in order: on an accelerator, views of one allocation per
-    device and dtype (one ``cudaMalloc`` instead of one per module on a first apply); on the CPU, one
-    tensor each (glibc returns a freed buffer's pages at once)."""
-    cut: dict[int, torch.Tensor] = {}
-    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, w in enumerate(weights):
-        if w.device.type not in ("cpu", "meta"):
-            by_kind.setdefault((w.device, w.dtype), []).append(i)
-    for (device, dtype), indices in by_kind.items():
-        sizes = [-(-weights[i].numel() // BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT for i in indices]
-        flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-        offset = 0
-        for i, size in zip(indices, sizes):
-            cut[i] = flat[offset:offset + weights[i].numel()].view(weights[i].shape)
-            offset += size
-    for i, w in enumerate(weights):
-        yield cut[i] if i in cut else torch.empty_like(w, memory_format=torch.contiguous_format)
 
 
 def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
@@ -644,73 +486,3 @@ def _room_on_device(weight: torch.Tensor, needed: int) -> bool:
         free, _ = torch.cuda.mem_get_info(weight.device)
         return free - needed > DEVICE_BACKUP_MARGIN
     return weight.device.type in ("cpu", "meta")
-
-
-@functools.lru_cache(maxsize=256)
-def _rank_scale(weights: tuple[float, ...], ranks: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Each entry's weight repeated over its rank's columns of the concatenated up-factor (cached: most
-    modules of a stack share their weights, and building a small tensor costs more than the lookup)."""
-    return torch.tensor([w for w, r in zip(weights, ranks) for _ in range(r)], device=device, dtype=torch.float32)
-
-
-def low_rank_into(w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: float, into: torch.Tensor,
-                  half_by_add: bool | None = None) -> None:
-    """``into = round(W0 + alpha * up @ down)``: 2-D tensors, ``W0`` and ``into`` of one dtype, sum in fp32.
-
-    fp32: one ``addmm``. fp16/bf16, two ways that both sum in fp32 and round once: on CUDA the fp32
-    product, then one mixed-dtype ``add`` that rounds on its way into ``into`` (12 bytes moved per weight
-    instead of 20); on the CPU, where that cast-on-write ``add`` is slow, ``W0`` to fp32, an in-place
-    ``addmm_`` and one copy. ``half_by_add`` forces one of the two (tests).
-    """
-    if w0.dtype == torch.float32:
-        torch.addmm(w0, up, down, alpha=alpha, out=into)
-        return
-    if half_by_add is None:
-        half_by_add = into.device.type == "cuda"
-    if half_by_add:
-        torch.add(w0, torch.mm(up, down), alpha=alpha, out=into)
-    else:
-        into.copy_(w0.float().addmm_(up, down, alpha=alpha))
-
-
-def _scaled_up(slot: _Slot, low: tuple[float, ...]) -> tuple[torch.Tensor, float]:
-    """The concatenated up-factor and GEMM alpha for the low-rank terms' weights ``low``."""
-    scaled = tuple(m * s for m, s in zip(low, slot.low_scales))
-    if scaled.count(scaled[0]) == len(scaled):  # one weight for all: fold it into alpha, no scaled copy of U
-        return slot.low_up, scaled[0]
-    return slot.low_up * _rank_scale(scaled, slot.low_ranks, slot.low_up.device), 1.0
-
-
-def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
-         into: torch.Tensor | None = None) -> torch.Tensor | None:
-    """fp32 fused weight of ``slot`` at ``weights`` from the ``original`` tensor (the formula above).
-
-    ``into`` (a contiguous tensor of the original's dtype and device) lets a pure low-rank stack be
-    written straight into it (:func:`low_rank_into`); the function then returns ``None``.
-    """
-    if not slot.cached:
-        prepare_factors([slot])
-    shape = original.shape
-    low = tuple(weights) if not slot.other_terms else tuple(weights[i] for i in slot.low_terms)
-    others = any(weights[i] != 0.0 for i in slot.other_terms)
-    fused = None
-    if into is not None and not others and any(low):
-        up, alpha = _scaled_up(slot, low)
-        rows = shape[0]
-        low_rank_into(original.reshape(rows, -1), up, slot.low_down, alpha, into.view(rows, -1))
-        return None
-    w0 = original.float()
-    if any(low):
-        up, alpha = _scaled_up(slot, low)
-        fused = torch.addmm(w0.reshape(shape[0], -1), up, slot.low_down, alpha=alpha).reshape(shape)
-    if not others:
-        return w0.clone() if fused is None else fused
-    fused = w0.clone() if fused is None else fused
-    for index in slot.other_terms:
-        term, m = slot.stack.terms[index], weights[index]
-        if m != 0.0 and term.adapter.additive:
-            fused = fused + m * term.adapter.delta(w0).to(fused.device, torch.float32)
-    for term, m in zip(slot.stack.terms, weights):
-        if not term.adapter.additive and m != 0.0:
-            fused = term.adapter.patched(fused, m).to(torch.float32)
-    return fused

@@ -357,7 +357,7 @@ def test_half_precision_weights_are_the_exact_sum_rounded_once(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_both_half_precision_write_paths_round_the_same_fp32_sum(dtype):
-    from lora_syntax.patcher import low_rank_into
+    from lora_syntax.fusing import low_rank_into
 
     g = torch.Generator().manual_seed(8)
     w0 = torch.randn(40, 24, generator=g).to(dtype)
