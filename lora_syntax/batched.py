@@ -12,8 +12,8 @@ group, the originals added by one foreach call and the sums rounded into the tar
 way a change point costs a handful of calls per group instead of several per module, which is what it
 costs on a GPU where the arithmetic itself is cheap. A group is built once per stack: its factors are
 stacked once (or used in place when they already lie side by side, as :mod:`lora_syntax.factors` packs
-them) and each module's factors become views of the stack, so nothing is held twice. A torch group
-holds at most :data:`CHUNK_BYTES` of fp32 product, so its extra memory stays bounded.
+them) and each module's factors become views of the stack, so nothing is held twice. The torch path
+builds at most :data:`CHUNK_BYTES` of fp32 product at a time, so its extra memory stays bounded.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[lis
 
     ``fused``: groups are written by the Triton kernel (any size, no product held); members whose
     tensors it cannot address are left out. Otherwise groups have at least :data:`MIN_GROUP` members
-    and are split to :data:`CHUNK_BYTES` of product."""
+    (:func:`write` bounds their product to :data:`CHUNK_BYTES` at a time)."""
     by_key: dict[tuple, list[int]] = {}
     rest = []
     for index, member in enumerate(members):
@@ -117,18 +117,15 @@ def build_groups(members: Sequence[Member], *, fused: bool = False) -> tuple[lis
         if not fused and len(indices) < MIN_GROUP:
             rest.extend(indices)
             continue
-        rows, cols = members[indices[0]].original.shape
-        per_chunk = len(indices) if fused else max(1, CHUNK_BYTES // (rows * cols * 4))
-        for start in range(0, len(indices), per_chunk):
-            chunk = [members[i] for i in indices[start:start + per_chunk]]
-            group = Group(chunk, stacked([m.up for m in chunk]), stacked([m.down for m in chunk]),
-                          torch.tensor([m.scales for m in chunk], dtype=torch.float32))
-            if fused:
-                group.fused, group.exact = True, all(m.exact for m in chunk)
-                base = chunk[0].original
-                addresses += [triton_fuse.offsets([m.original for m in chunk], base),
-                              triton_fuse.offsets([m.target for m in chunk], base)]
-            groups.append(group)
+        chosen = [members[i] for i in indices]
+        group = Group(chosen, stacked([m.up for m in chosen]), stacked([m.down for m in chosen]),
+                      torch.tensor([m.scales for m in chosen], dtype=torch.float32))
+        if fused:
+            group.fused, group.exact = True, all(m.exact for m in chosen)
+            base = chosen[0].original
+            addresses += [triton_fuse.offsets([m.original for m in chosen], base),
+                          triton_fuse.offsets([m.target for m in chosen], base)]
+        groups.append(group)
     if addresses:   # every group's offsets in one copy
         moved = iter(upload(addresses, groups[0].device))
         for group in groups:
@@ -155,7 +152,7 @@ def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = No
     is the same indices already on the device), given their (G, R) column weights. If the kernel fails,
     it is turned off for the process and this write (and every later one) takes the torch path, in
     chunks of at most :data:`CHUNK_BYTES` of product."""
-    if group.fused:
+    if group.fused and triton_fuse.disabled is None:
         try:
             triton_fuse.fuse_group(group.members[0].original, group.originals, group.targets, group.ups,
                                    group.downs, columns, group.selection(select) if selection is None else selection,
@@ -163,7 +160,7 @@ def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = No
             return
         except Exception as error:   # a Triton or driver failure: every group falls back, once warned
             warnings.warn(triton_fuse.disable(error), RuntimeWarning, stacklevel=2)
-            group.fused = False
+    group.fused = False
     chosen = list(range(len(group.members))) if select is None else list(select)
     rows, cols = group.members[0].original.shape
     per_chunk = max(1, CHUNK_BYTES // (rows * cols * 4))

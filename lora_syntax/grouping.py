@@ -23,7 +23,7 @@ DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class GroupState:
-    """A group's place in the stack's schedule (private): its distinct weight rows and which one it shows.
+    """A group's place in the stack's schedule: its distinct weight rows and which one it shows.
 
     The members' weights are read once per stack: each distinct row of weights (one tuple per member)
     becomes a (G, R) column tensor on the device, so a change point costs a look-up and one write per
