@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 # dtypes whose fused weights are written straight into their target
 DIRECT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Weight rows whose column tensors a group holds on the device at once: the first ones of the schedule
+# are uploaded with the group; a schedule with more distinct rows (a weight changing at every step)
+# gets the others when it reaches them, the oldest dropped, so a long schedule costs no memory.
+ROWS_HELD = 8
 
 
 class GroupState:
@@ -46,22 +50,31 @@ class GroupState:
         self._addresses = [(m.target.data_ptr(), m.original.data_ptr()) for m in group.members]
         # on the CPU until :meth:`take_uploaded`: each row's column weights, every member's index, and the
         # members that change between consecutive rows of the schedule (what its change points write)
-        self.columns = [group.columns(row, device=False) for row in self.rows]
+        self._columns = {row: group.columns(self.rows[row], device=False) for row in range(min(len(self.rows), ROWS_HELD))}
         self.everyone = group.selection(device=False)
         self._changed: dict[tuple[int | None, int], tuple[list[int] | None, torch.Tensor | None]] = {}
-        for old, new in zip(self._row_of_step, self._row_of_step[1:]):
+        for old, new in zip(self._row_of_step[:ROWS_HELD], self._row_of_step[1:ROWS_HELD]):
             if old != new and (old, new) not in self._changed:
                 self._changed[(old, new)] = self._differ(old, new, device=False)
 
     def to_upload(self) -> list[torch.Tensor]:
         """The CPU tensors the device needs, for one :func:`batched.upload` of every group's."""
-        return [*self.columns, self.everyone, *(s for _, s in self._changed.values() if s is not None)]
+        return [*self._columns.values(), self.everyone, *(s for _, s in self._changed.values() if s is not None)]
 
     def take_uploaded(self, moved: Iterator[torch.Tensor]) -> None:
         """Take the device copies of :meth:`to_upload`'s tensors, in its order."""
-        self.columns = [next(moved) for _ in self.columns]
+        self._columns = {row: next(moved) for row in self._columns}
         self.everyone = next(moved)
         self._changed = {key: (select, None if s is None else next(moved)) for key, (select, s) in self._changed.items()}
+
+    def columns(self, row: int) -> torch.Tensor:
+        """Row ``row``'s (G, R) column weights on the device."""
+        found = self._columns.get(row)
+        if found is None:   # a row past the first ROWS_HELD: made now, the oldest other one dropped
+            while len(self._columns) >= ROWS_HELD:
+                del self._columns[next(r for r in self._columns if r != self.current)]
+            found = self._columns[row] = self.group.columns(self.rows[row])
+        return found
 
     def row_at(self, step: int) -> int:
         return self._row_of_step[bisect.bisect_right(self._steps, step) - 1]
@@ -70,7 +83,9 @@ class GroupState:
         """Members whose weights differ between the current row and ``row`` (``None``: all of them), and
         the same indices on the device (cached per pair of rows)."""
         key = (self.current, row)
-        if key not in self._changed:   # a jump the schedule does not make (a pass started again)
+        if key not in self._changed:   # later in a long schedule, or a jump back (a pass started again)
+            if len(self._changed) >= 4 * ROWS_HELD:
+                self._changed.clear()
             self._changed[key] = self._differ(self.current, row, device=True)
         return self._changed[key]
 

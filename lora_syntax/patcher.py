@@ -395,7 +395,7 @@ class Patcher:
                 return self._write_groups(step, rebuilt=True)   # every group is written afresh
             # a first write covers every member (buffers are installed for all); later ones what changed
             select, selection = state.delta(row) if state.installed else (None, None)
-            batched.write(state.group, state.columns[row], select, state.everyone if select is None else selection)
+            batched.write(state.group, state.columns(row), select, state.everyone if select is None else selection)
             if not state.installed:   # the first write of this stack: show the buffers
                 for slot in state.slots:
                     slot.weight.install()

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from lora_syntax import batched, factors, triton_fuse
+from lora_syntax import batched, factors, grouping, triton_fuse
 from helpers_engine import StandIn
 from lora_syntax.adapters.lora import LoraAdapter
 from lora_syntax.errors import LoraApplyError
@@ -362,4 +362,26 @@ def test_rank_blocks_of_exact_factors_are_weighted_after_their_product(device, d
             assert_one_rounding(net.layers[i].weight, reference(copies[f"layers.{i}.weight"], stack, step))
     if path.get("fused") and device == "cuda":
         assert all(state.group.exact for state in patcher._groups)
+    patcher.restore()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_weight_changing_at_every_step_holds_few_rows_on_the_device(device, path):
+    """40 distinct weight rows (a new weight at every step): right weights at every step, in order and
+    jumping back, while a group holds at most ROWS_HELD rows of column weights."""
+    torch.manual_seed(3)
+    net = Row().to(device, torch.float16).requires_grad_(False)
+    copies = {n: p.detach().clone() for n, p in net.named_parameters()}
+    ramp = tuple(0.05 * s for s in range(1, 41))
+    stacks = [ModuleStack(ModuleTarget("net", f"layers.{i}"), (Term("a", lora(net.layers[i], 4, seed=i), ramp),))
+              for i in range(6)]
+    patcher = Patcher({"net": net}, **path)
+    patcher.load(stacks)
+    for step in (*range(1, 41), 3, 38, 1):
+        patcher.apply(step)
+        if step in (1, 17, 40, 3):
+            for i, stack in enumerate(stacks):
+                assert_one_rounding(net.layers[i].weight, reference(copies[f"layers.{i}.weight"], stack, step))
+        if path.get("grouped"):
+            assert all(len(state._columns) <= grouping.ROWS_HELD for state in patcher._groups)
     patcher.restore()
