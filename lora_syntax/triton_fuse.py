@@ -137,11 +137,12 @@ def fuse_group(base: torch.Tensor, originals: torch.Tensor, targets: torch.Tenso
 
 
 def precision(dtype: torch.dtype, device: torch.device, exact_in_tf32: bool) -> str:
-    """How ``tl.dot`` multiplies fp32 factors. fp32 weights, and GPUs without TF32 (before Ampere): fp32
-    FMAs. Factors exact in TF32 multiplied as they are (weights applied after the product): one TF32
+    """How ``tl.dot`` multiplies fp32 factors. fp32 weights, and GPUs without TF32 (before Ampere, ROCm):
+    fp32 FMAs. Factors exact in TF32 multiplied as they are (weights applied after the product): one TF32
     pass, whose products are exact and summed in fp32. Otherwise three-pass TF32 (each operand split in
     two), within fp32's error and far under the half-precision rounding that follows."""
-    if dtype == torch.float32 or device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+    if (dtype == torch.float32 or device.type != "cuda" or torch.version.hip is not None   # ROCm: no TF32 modes
+            or torch.cuda.get_device_capability(device) < (8, 0)):
         return "ieee"
     return "tf32" if exact_in_tf32 else "tf32x3"
 
