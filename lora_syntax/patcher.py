@@ -261,15 +261,17 @@ class Patcher:
         """Give every slot its factors, on its module's device, now rather than at the first apply: taken
         from the last stack where a module meets the same adapters again (the next generation of one
         stack re-uses them), else prepared and moved in one copy per device."""
-        fresh = []
+        fresh, kept = [], {}
         for slot in self._slots.values():
-            donor = self._factors.get(_factor_key(slot))
+            key = _factor_key(slot)
+            donor = self._factors.get(key)
             if donor is not None and donor.cached:
                 slot.take_factors(donor)
-            elif not slot.cached:
+            else:
                 fresh.append(slot)
+            kept[key] = slot
         prepare_factors(fresh)
-        self._factors = {_factor_key(slot): slot for slot in self._slots.values()}
+        self._factors = kept
 
     @property
     def stacks(self) -> tuple[ModuleStack, ...]:
@@ -373,7 +375,6 @@ class Patcher:
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
                 slot.bias = OwnedTensor(bias, room)
-        prepare_factors([s for s in self._slots.values() if not s.cached])
 
     def _write_groups(self, step: int, rebuilt: bool = False) -> int:
         """Write the groups whose weights change at ``step``; return how many modules were written.
@@ -413,7 +414,7 @@ class Patcher:
         for slot in self._slots.values():
             slot.grouped = False
             grouping = self.grouped if self.grouped is not None else slot.module.weight.device.type in GROUPED_DEVICES
-            member = member_of(slot) if grouping and slot.cached and slot.touched else None
+            member = member_of(slot) if grouping and slot.touched else None
             if member is not None:
                 eligible.append(slot)
                 members.append(member)
