@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_engine import COMPONENT, SD15, SDXL, write_loras  # noqa: E402
+from bench_engine import COMPONENT, LORA_DTYPE, SD15, SDXL, write_loras  # noqa: E402
 
 from lora_syntax.keymaps.build import tree_from_modules  # noqa: E402
 from lora_syntax.library import LoraLibrary  # noqa: E402
@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--reduced", action="store_true", help="UNet: half the channels; FLUX: 2+4 blocks")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--lora-dtype", choices=tuple(LORA_DTYPE), default="fp32", help="the LoRA files' dtype")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = meta_model(args.arch, args.reduced)
@@ -62,7 +63,7 @@ def main() -> int:
     tree = tree_from_modules(args.arch, {component: model})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = write_loras(model, folder, prefix=component)   # names and feature counts only: meta is enough
+        paths = write_loras(model, folder, prefix=component, dtype=LORA_DTYPE[args.lora_dtype])   # names and feature counts only: meta is enough
         size = sum(p.stat().st_size for p in paths)
         from safetensors.torch import load_file
 
@@ -83,8 +84,8 @@ def main() -> int:
                 fn()
                 if round_:
                     best[name] = min(best[name], time.perf_counter() - start)
-    print(f"{args.arch}{' (reduced)' if args.reduced else ''}: 3 files, {size / 2**20:.0f} MiB, "
-          f"best of {args.repeat}, files in the page cache")
+    print(f"{args.arch}{' (reduced)' if args.reduced else ''}: 3 files in {args.lora_dtype}, {size / 2**20:.0f} MiB, "
+          f"best of {args.repeat}, {args.threads} torch threads, files in the page cache")
     ratio = best["ours"] / best["safetensors"]
     print(f"load  ours {best['ours'] * 1000:8.1f} ms (read + check + map)  safetensors {best['safetensors'] * 1000:8.1f} ms "
           f"(read)  ratio {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")

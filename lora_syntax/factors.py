@@ -19,6 +19,7 @@ import torch
 
 from .adapters.base import Adapter
 from .adapters.lora import LoraAdapter
+from .transfer import copy_into
 
 if TYPE_CHECKING:
     from .patcher import _Slot as Slot
@@ -98,13 +99,15 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
 
 def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
     """Copy the items' raw factors into one fp32 tensor on ``device``: per run of modules of one shape
-    and ranks, every ``U`` then every ``D`` (a group's stacks are then views of it, :func:`batched.stacked`)."""
+    and ranks, every ``U`` then every ``D`` (a group's stacks are then views of it, :func:`batched.stacked`).
+    Factors that are views of one file's map cross to the device as a few spans of it (:mod:`transfer`)."""
     runs: dict[tuple, list[tuple[Slot, list]]] = {}
     for slot, terms in items:
         runs.setdefault((tuple(slot.module.weight.shape), slot.low_ranks), []).append((slot, terms))
     sizes = [terms[0][1].shape[0] * sum(slot.low_ranks) + sum(slot.low_ranks) * terms[0][2].shape[1]
              for slot, terms in items]
     moved = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []   # (place in the moved tensor, file tensor)
     offset = 0
     for run in runs.values():
         for part in (1, 2):   # every U of the run, then every D
@@ -117,15 +120,13 @@ def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
                 start = 0
                 for _, up, down, _ in terms:
                     stop = start + up.shape[1]
-                    if part == 1:
-                        view[:, start:stop].copy_(up)
-                    else:
-                        view[start:stop].copy_(down)
+                    pairs.append((view[:, start:stop], up) if part == 1 else (view[start:stop], down))
                     start = stop
                 if part == 1:
                     slot.low_up = view
                 else:
                     slot.low_down = view
+    copy_into(pairs, device)
     exact = _tf32_exact(moved)
     for slot, terms in items:
         slot.low_scales = tuple(t[3] for t in terms)

@@ -12,8 +12,9 @@ import json
 import math
 import mmap
 import os
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,10 +280,11 @@ def _peak(run: torch.Tensor) -> float:
     return max(-float(low), float(high))
 
 
-def _read_mapped(name: str, path: Path) -> LoraTensors | None:
-    """Every tensor as a view of one private (copy-on-write) map of the file, and the finite check as one
-    ``aminmax`` per run of same-dtype tensors (the data section is contiguous) instead of a call per tensor.
-    ``None`` for files the safetensors per-tensor path must read (other dtypes, no tensor data)."""
+def _read_mapped(name: str, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], Callable[[], float]] | None:
+    """Every tensor as a view of one private (copy-on-write) map of the file, its metadata, and the check
+    of its values: one ``aminmax`` per run of same-dtype tensors (the data section is contiguous) instead of
+    a call per tensor, returning the peak. ``None`` for files the safetensors per-tensor path must read
+    (other dtypes, no tensor data)."""
     with safe_open(name, framework="pt") as handle:   # safetensors validates the header first
         metadata = dict(handle.metadata() or {})
     with open(name, "rb") as file:
@@ -298,7 +300,7 @@ def _read_mapped(name: str, path: Path) -> LoraTensors | None:
             return None
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
     tensors: dict[str, torch.Tensor] = {}
-    peak, unusual = 0.0, {}
+    runs: list[tuple[torch.Tensor, list[str]]] = []   # floating-point runs and their keys
     index = 0
     while index < len(entries):
         dtype, first = entries[index][1], entries[index][3]
@@ -313,35 +315,74 @@ def _read_mapped(name: str, path: Path) -> LoraTensors | None:
         for (key, _, shape, _, _), piece in zip(group, pieces):
             tensors[key] = piece.view(shape)
         if count and dtype.is_floating_point:
+            runs.append((run, [key for key, *_ in group]))
+        index = stop
+
+    def check() -> float:
+        peak, unusual = 0.0, {}
+        for run, keys in runs:
             found = _peak(run)
             if not math.isfinite(found):
-                unusual.update({key: tensors[key] for key, *_ in group})
+                unusual.update({key: tensors[key] for key in keys})
             peak = max(peak, found)
-        index = stop
-    if unusual:
-        _check_all_finite(path, unusual)   # tensor by tensor, to name the broken one
-    return LoraTensors(tensors, metadata, peak)
+        if unusual:
+            _check_all_finite(path, unusual)   # tensor by tensor, to name the broken one
+        return peak
+
+    return tensors, metadata, check
 
 
-def read_lora(path: str | Path, *, roots: Roots = None) -> LoraTensors:
-    """Every tensor of a safetensors LoRA file, checked to be finite (and to lie inside ``roots``), with its
-    metadata and a bound on its values, from one open of the file."""
+class PendingRead:
+    """A file's tensors and metadata at once, and the check of every value (NaN/inf refused, the peak
+    kept) running on another thread meanwhile: the values are read while the caller maps the keys, which
+    needs only names and shapes. :meth:`result` waits for the check and raises what it found."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], check: Callable[[], float]) -> None:
+        self.tensors, self.metadata = tensors, metadata
+        self._peak, self._error = math.inf, None
+        self._thread = threading.Thread(target=self._run, args=(check,), name="lora-syntax value check", daemon=True)
+        self._thread.start()
+
+    def _run(self, check: Callable[[], float]) -> None:
+        try:
+            self._peak = check()
+        except BaseException as error:   # re-raised in the caller's thread by result()
+            self._error = error
+
+    def result(self) -> LoraTensors:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return LoraTensors(self.tensors, self.metadata, self._peak)
+
+
+def start_read(path: str | Path, *, roots: Roots = None) -> PendingRead:
+    """Open a safetensors LoRA file (inside ``roots``) and start checking its values; see :class:`PendingRead`."""
     path = check_file(check_inside(path, roots))
     try:
         with contained(path, roots) as name:
             read = _read_mapped(name, path)
             if read is None:
                 with safe_open(name, framework="pt", device="cpu") as handle:
-                    read = LoraTensors({key: handle.get_tensor(key) for key in handle.keys()},
-                                       dict(handle.metadata() or {}))
+                    tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                    metadata = dict(handle.metadata() or {})
+
+                def check() -> float:
+                    _check_all_finite(path, tensors)
+                    return math.inf
+                read = tensors, metadata, check
     except _READ_ERRORS as error:
         raise _corrupt(path, error) from error
-    if not read.tensors:
+    if not read[0]:
         raise LoraFileError(f"LoRA file '{path}' holds no tensors: it is empty or was saved incompletely.",
                             path=path)
-    if math.isinf(read.peak):
-        _check_all_finite(path, read.tensors)
-    return read
+    return PendingRead(*read)
+
+
+def read_lora(path: str | Path, *, roots: Roots = None) -> LoraTensors:
+    """Every tensor of a safetensors LoRA file, checked to be finite (and to lie inside ``roots``), with its
+    metadata and a bound on its values, from one open of the file."""
+    return start_read(path, roots=roots).result()
 
 
 def load_state_dict(path: str | Path, *, device: str | torch.device = "cpu",

@@ -168,7 +168,7 @@ class LoadCache:
             self.misses += 1
         loader = importlib.import_module("lora_syntax.loader")
         loaded = loader.load_lora(entry.path, tree, name=entry.name, roots=entry.roots)
-        nbytes = tensor_bytes(loaded) or stat.st_size
+        nbytes = getattr(loaded, "nbytes", 0) or tensor_bytes(loaded) or stat.st_size
         if self.max_items > 0 and nbytes <= self.max_bytes:
             with self._lock:
                 self._items[key] = _Cached(loaded, nbytes, tree)

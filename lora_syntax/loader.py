@@ -9,8 +9,9 @@ whole or fails with a named error.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,11 @@ import torch
 
 from .adapters.base import Adapter
 from .adapters.registry import build_adapter, sliced
-from .errors import ArchitectureMismatchError, LoraFileError, LoraShapeError
+from .errors import ArchitectureMismatchError, LoraError, LoraFileError, LoraShapeError
 from .formats import pick_dialect
 from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
-from .io import LoraTensors, read_lora
+from .io import LoraTensors, PendingRead, start_read
 from .keymaps.blockids import block_of
 from .keymaps.detect import detect_architecture
 from .keymaps.tree import ModelTree
@@ -44,13 +45,35 @@ def _a(architecture: str) -> str:
     return f"{'an' if shown[:1].upper() in 'AEFHILMNORSX' and not shown.startswith('FLUX') else 'a'} {shown}"
 
 
+class _InMemory:
+    """An in-memory state dict as a read whose check is done (:class:`io.PendingRead`'s interface)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors, self.metadata = dict(tensors), {}
+
+    def result(self) -> LoraTensors:
+        return LoraTensors(self.tensors, self.metadata)
+
+
 def _read(source: Path | str | Mapping[str, torch.Tensor],
-          roots: Sequence[Path] | None) -> tuple[Path | None, LoraTensors]:
-    """The tensors, metadata and value bound of a file (one open), or of an in-memory state dict."""
+          roots: Sequence[Path] | None) -> tuple[Path | None, PendingRead | _InMemory]:
+    """The tensors and metadata of a file (one open; its values checked meanwhile), or of an in-memory
+    state dict."""
     if isinstance(source, Mapping):
-        return None, LoraTensors(dict(source), {})
+        return None, _InMemory(source)
     path = Path(source)
-    return path, read_lora(path, roots=roots)
+    return path, start_read(path, roots=roots)
+
+
+@contextlib.contextmanager
+def _values_first(read: PendingRead | _InMemory) -> Iterator[None]:
+    """An error found while mapping keys gives way to the file's broken values, if it has any: what a
+    reader that checked every value before mapping would have said."""
+    try:
+        yield
+    except LoraError:
+        read.result()
+        raise
 
 
 def large_values(state_dict: Mapping[str, torch.Tensor], name: str, peak: float = math.inf) -> tuple[str, ...]:
@@ -162,7 +185,12 @@ class _Read:
     metadata: dict[str, str]
     format: str
     grouped: Grouped              # .modules (ModuleParams) and .unmatched keys
-    warnings: tuple[str, ...]     # loadable but suspicious values (large_values)
+    values: PendingRead | _InMemory
+
+    def warnings(self) -> tuple[str, ...]:
+        """Loadable but suspicious values (:func:`large_values`), once every value is checked."""
+        checked = self.values.result()
+        return large_values(checked.tensors, self.name, checked.peak)
 
 
 def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
@@ -173,29 +201,31 @@ def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, m
     state_dict = read.tensors
     metadata = {**read.metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
-    if not state_dict:
-        raise LoraFileError(f"LoRA '{name}' holds no tensors.", path=path)
-    check_architecture({k: tuple(v.shape) for k, v in state_dict.items()}, metadata, tree, name=name, path=path)
-    dialect = pick_dialect(state_dict.keys(), name=name)
-    try:
-        grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata, f"LoRA '{name}'")
-    except LoraFileError as err:
-        raise type(err)(f"LoRA '{name}': {err}", path=path) from err
-    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped,
-                 large_values(state_dict, name, read.peak))
+    with _values_first(read):
+        if not state_dict:
+            raise LoraFileError(f"LoRA '{name}' holds no tensors.", path=path)
+        check_architecture({k: tuple(v.shape) for k, v in state_dict.items()}, metadata, tree, name=name, path=path)
+        dialect = pick_dialect(state_dict.keys(), name=name)
+        try:
+            grouped = apply_adapter_metadata(dialect.group(state_dict, tree), metadata, f"LoRA '{name}'")
+        except LoraFileError as err:
+            raise type(err)(f"LoRA '{name}': {err}", path=path) from err
+    return _Read(path, name, len(state_dict), metadata, dialect.name, grouped, read)
 
 
 def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *, name: str | None = None) -> ShapeFit:
     """Like :func:`load_lora`, but every module is checked and the misfits are counted, not raised."""
     read = _grouped(source, tree, None, name)
     misfits = []
-    for params in read.grouped.modules:
-        try:
-            _patch(params, tree, read.name, read.path)
-        except LoraShapeError:
-            info = tree.get(params.target.component, params.target.module)
-            misfits.append(Misfit(f"{params.target.component}.{params.target.module}",
-                                  info.weight_shape if info else (), _shapes_of(params)))
+    with _values_first(read.values):
+        for params in read.grouped.modules:
+            try:
+                _patch(params, tree, read.name, read.path)
+            except LoraShapeError:
+                info = tree.get(params.target.component, params.target.module)
+                misfits.append(Misfit(f"{params.target.component}.{params.target.module}",
+                                      info.weight_shape if info else (), _shapes_of(params)))
+    read.values.result()
     modules = read.grouped.modules
     return ShapeFit(format=read.format, keys=read.keys, named_keys=sum(len(p.source_keys) for p in modules),
                     modules=len(modules), misfits=tuple(misfits), unmatched=tuple(read.grouped.unmatched))
@@ -211,12 +241,24 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
     """
     read = _grouped(source, tree, metadata, name, roots)
     path, name, grouped = read.path, read.name, read.grouped
-    patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
-    if not patches:
-        sample = ", ".join(grouped.unmatched[:3])
-        raise LoraFileError(f"LoRA '{name}' ({read.format} keys): none of its {read.keys} keys maps onto "
-                            f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
-                            "it was made for another model.", path=path)
+    with _values_first(read.values):
+        patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)
+        if not patches:
+            sample = ", ".join(grouped.unmatched[:3])
+            raise LoraFileError(f"LoRA '{name}' ({read.format} keys): none of its {read.keys} keys maps onto "
+                                f"a module of the {display_name(tree.architecture)} model, e.g. {sample}; "
+                                "it was made for another model.", path=path)
     return LoadedLora(path=path or Path(name), architecture=tree.architecture, format=read.format,
                       patches=patches, unmatched=tuple(grouped.unmatched), metadata=read.metadata,
-                      warnings=read.warnings)
+                      warnings=read.warnings(), nbytes=_held_bytes(grouped))
+
+
+def _held_bytes(grouped: Grouped) -> int:
+    """Bytes of the storages behind the modules' tensors, each counted once: a mapped file's tensors are
+    views of a few runs of it, so this is about the file's size (no walk over every adapter object)."""
+    storages = {}
+    for params in grouped.modules:
+        for tensor in params.params.values():
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())

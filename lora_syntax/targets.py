@@ -42,6 +42,7 @@ class LoadedLora:
     unmatched: tuple[str, ...] = ()        # file keys that map to no module of the model
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)  # usable but suspect (absurd magnitudes)
+    nbytes: int = field(default=0, compare=False)  # bytes of the tensors its patches hold (a load cache's budget)
 
     @property
     def adapter_types(self) -> frozenset[str]:

@@ -289,9 +289,39 @@ def test_the_loader_reuses_the_readers_bound_instead_of_a_second_pass(tmp_path: 
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", no_second_pass)
     state = {"lora_unet_a.lora_down.weight": torch.full((2, 4), 0.5), "lora_unet_a.lora_up.weight": torch.ones(4, 2)}
     path = write(tmp_path / "small.safetensors", state)
-    read = loader._read(path, None)[1]
+    read = loader._read(path, None)[1].result()
     assert read.peak == 1.0 and loader.large_values(read.tensors, "small", read.peak) == ()
     big = {**state, "lora_unet_a.lora_up.weight": torch.full((4, 2), 2e4)}
     monkeypatch.undo()
-    read = loader._read(write(tmp_path / "big.safetensors", big), None)[1]
+    read = loader._read(write(tmp_path / "big.safetensors", big), None)[1].result()
     assert read.peak == 2e4 and "holds values up to 2e+04" in loader.large_values(read.tensors, "big", read.peak)[0]
+
+
+def test_the_values_are_checked_on_another_thread_while_the_caller_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """``start_read`` returns the tensors before their check ends (the loader maps keys meanwhile)."""
+    import threading
+
+    from lora_syntax import io
+
+    returned, seen = threading.Event(), []
+    real_peak = io._peak
+
+    def slow_peak(run):
+        seen.append(returned.wait(timeout=10))   # True only if the caller got the read back first
+        return real_peak(run)
+
+    monkeypatch.setattr(io, "_peak", slow_peak)
+    pending = io.start_read(write(tmp_path / "ok.safetensors"))
+    returned.set()
+    assert pending.result().peak == 11.0 and seen and all(seen)
+
+
+def test_a_file_with_nan_values_is_refused_for_them_even_when_its_keys_do_not_map(tmp_path: Path) -> None:
+    """Mapping errors give way to broken values, as when every value was checked before mapping."""
+    from lora_syntax.keymaps.reference import reference_tree
+    from lora_syntax.loader import load_lora
+
+    tensors = {"lora_unet_nowhere.lora_down.weight": torch.tensor([[1.0, float("nan")]]),
+               "lora_unet_nowhere.lora_up.weight": torch.ones(3, 1)}
+    with pytest.raises(LoraFileError, match=r"NaN values in tensor 'lora_unet_nowhere\.lora_down\.weight'"):
+        load_lora(write(tmp_path / "broken.safetensors", tensors), reference_tree("sd15"))

@@ -9,7 +9,6 @@ then wraps it in :class:`DoraAdapter`. Keys no type consumes, or a module two ty
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 import torch
 
@@ -75,7 +74,8 @@ def build_adapter(params: Mapping[str, torch.Tensor], *, where: str) -> Adapter:
         raise LoraFileError(f"{where}: keys not used by its {cls.kind} adapter: {', '.join(leftover)}; "
                             "the file has parameters this version does not understand.")
     try:
-        adapter = replace(cls.from_params(params), where=where)
+        adapter = cls.from_params(params)
+        object.__setattr__(adapter, "where", where)   # built just now, so labelled in place (not replaced)
     except LoraFileError as err:  # re-raised with the module named, same class (LoraShapeError stays one)
         raise type(err)(f"{where}: {err}") from err
     if "dora_scale" in params:

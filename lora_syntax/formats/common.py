@@ -22,17 +22,35 @@ KOHYA_PARAMS = frozenset({
 
 
 def split_suffix(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(module part, normalised param)`` for the longest matching file suffix, or ``None``."""
-    for suffix in _longest_first(tuple(suffixes)):
-        if key.endswith(suffix) and len(key) > len(suffix):
-            return key[: -len(suffix)], suffixes[suffix]
+    """``(module part, normalised param)`` for the longest matching file suffix, or ``None``.
+
+    Suffixes start with a dot, so the ones a key can end with are its last 1, 2, 3... dotted segments: a
+    few dictionary look-ups per key (most segments first, i.e. longest first) instead of a scan of the table."""
+    for count in _segment_counts(tuple(suffixes)):
+        cut = len(key)
+        for _ in range(count):
+            cut = key.rfind(".", 0, cut)
+            if cut <= 0:
+                break
+        if cut > 0:
+            normal = suffixes.get(key[cut:])
+            if normal is not None:
+                return key[:cut], normal
     return None
 
 
 @lru_cache(maxsize=64)
-def _longest_first(suffixes: tuple[str, ...]) -> tuple[str, ...]:
-    """The suffixes, longest first: sorted once per table, not once per key."""
-    return tuple(sorted(suffixes, key=len, reverse=True))
+def _segment_counts(suffixes: tuple[str, ...]) -> tuple[int, ...]:
+    """The numbers of dotted segments the suffixes have, most first (computed once per table)."""
+    if not all(suffix.startswith(".") for suffix in suffixes):
+        raise ValueError("every suffix starts with '.'")
+    return tuple(sorted({suffix.count(".") for suffix in suffixes}, reverse=True))
+
+
+@lru_cache(maxsize=64)
+def dotted(suffixes: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """A table of suffixes written without their leading dot (``lora_up.weight``), with it."""
+    return {"." + suffix: normal for suffix, normal in suffixes}
 
 
 def find_component(tree: ModelTree, module: str, preferred: Iterable[str] = DENOISERS) -> str | None:

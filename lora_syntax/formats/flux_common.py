@@ -22,6 +22,7 @@ from ..keymaps.keyscan import any_key, joined
 from ..keymaps.tree import ModelTree
 from ..targets import ModuleTarget
 from .base import Grouped, ModuleParams
+from .common import dotted, split_suffix
 
 # Normalised (kohya/LyCORIS) parameter names, as the adapter registry reads them.
 LYCORIS_PARAMS: tuple[str, ...] = (
@@ -56,14 +57,9 @@ Resolver = Callable[[str, ModelTree], "Placement | None"]
 
 
 def split_key(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(module name, normalised parameter)`` of ``key``, by the longest suffix of ``suffixes``."""
-    best = None
-    for suffix, normal in suffixes.items():
-        if key.endswith("." + suffix) and (best is None or len(suffix) > len(best[0])):
-            best = (suffix, normal)
-    if best is None:
-        return None
-    return key[: -len(best[0]) - 1], best[1]
+    """``(module name, normalised parameter)`` of ``key``, by the longest suffix of ``suffixes`` (written
+    without their leading dot: ``lora_up.weight``)."""
+    return split_suffix(key, dotted(tuple(suffixes.items())))
 
 
 def underscore_index(tree: ModelTree, component: str) -> dict[str, str]:
