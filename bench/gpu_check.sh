@@ -14,7 +14,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 status=0
 
-STEPS="${STEPS:-tests kernel sdxl_fp16 generation flux_bf16 load sd15_fp16}"   # a subset: STEPS="tests sdxl_fp16"
+STEPS="${STEPS:-tests kernel sdxl_fp16 generation flux_bf16 load load_fp32 sd15_fp16}"   # a subset: STEPS="tests sdxl_fp16"
 
 step() {   # step NAME SECONDS COMMAND...: run with a time limit, keep the log, say how it ended
     local name="$1" limit="$2"; shift 2
@@ -35,7 +35,8 @@ step kernel 40 "$PYTHON" bench/bench_kernel.py --dtype fp16
 step sdxl_fp16 100 "$PYTHON" bench/bench_engine.py --arch sdxl --device cuda --dtype fp16 --lora-dtype fp16 --repeat 3 --compare-torch-path
 step generation 110 "$PYTHON" bench/bench_generation.py --device cuda --dtype fp16 --lora-dtype fp16 --steps 30 --size 1024 --repeat 2
 step flux_bf16 120 "$PYTHON" bench/bench_engine.py --arch flux --device cuda --dtype bf16 --lora-dtype bf16 --repeat 2 --compare-torch-path
-step load 30 "$PYTHON" bench/bench_load.py --arch sdxl --repeat 3
+step load 30 "$PYTHON" bench/bench_load.py --arch sdxl --repeat 3 --lora-dtype fp16
+step load_fp32 30 "$PYTHON" bench/bench_load.py --arch sdxl --repeat 3 --lora-dtype fp32
 step sd15_fp16 60 "$PYTHON" bench/bench_engine.py --arch sd15 --device cuda --dtype fp16 --lora-dtype fp16 --repeat 3
 
 echo

@@ -58,22 +58,25 @@ class ModuleStack:
 
     @functools.cached_property
     def schedule(self) -> tuple[tuple[float, ...], ...]:
-        """The terms' weights per step (index 0 = step 1), computed once: every apply reads it."""
-        steps = max((len(t.weights) for t in self.terms), default=0)
-        return tuple(tuple(t.weights[min(s, len(t.weights)) - 1] if t.weights else 0.0 for t in self.terms)
-                     for s in range(1, max(steps, 1) + 1))
+        """The terms' weights per step (index 0 = step 1): every apply reads it."""
+        return _schedule(tuple(t.weights for t in self.terms))[0]
 
     def weights_at(self, step: int) -> tuple[float, ...]:
         """The terms' weights at 1-based ``step`` (steps past the end keep the last weight)."""
         return self.schedule[min(step, len(self.schedule)) - 1]
 
-    @functools.cached_property
-    def _change_points(self) -> tuple[int, ...]:
-        return tuple(s for s in range(2, len(self.schedule) + 1) if self.schedule[s - 1] != self.schedule[s - 2])
-
     def change_points(self) -> tuple[int, ...]:
         """1-based steps (> 1) where some term's weight differs from the step before."""
-        return self._change_points
+        return _schedule(tuple(t.weights for t in self.terms))[1]
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule(weights: tuple[tuple[float, ...], ...]) -> tuple[tuple[tuple[float, ...], ...], tuple[int, ...]]:
+    """Per-step weight rows of terms with these weights, and the steps where the row changes: computed once
+    per distinct combination (a LoRA's hundreds of modules usually share one), not once per module."""
+    steps = max((len(w) for w in weights), default=0)
+    rows = tuple(tuple(w[min(s, len(w)) - 1] if w else 0.0 for w in weights) for s in range(1, max(steps, 1) + 1))
+    return rows, tuple(s for s in range(2, len(rows) + 1) if rows[s - 1] != rows[s - 2])
 
 
 @dataclass(frozen=True)

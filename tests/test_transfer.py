@@ -59,7 +59,7 @@ def test_spans_skip_large_gaps_start_aligned_and_stay_bounded(monkeypatch):
     monkeypatch.setattr(transfer, "SPAN_BYTES", 1000)
     storage = torch.zeros(4000, dtype=torch.float16)
     parts = [storage[5:55], storage[60:160], storage[1000:1100], storage[1100:1500], storage[1500:1550]]
-    spans = transfer._spans(parts)
+    spans = transfer._spans([transfer._byte_range(part) for part in parts])
     assert [members for _, _, members in spans] == [[0, 1], [2, 3], [4]]
     assert [(start % transfer.SPAN_ALIGNMENT, end) for start, end, _ in spans] == [(0, 320), (0, 3000), (0, 3100)]
     assert all(end - start <= 1000 + transfer.SPAN_ALIGNMENT for start, end, _ in spans)
