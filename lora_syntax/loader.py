@@ -23,6 +23,7 @@ from .errors import ArchitectureMismatchError, LoraError, LoraFileError, LoraSha
 from .formats import pick_dialect
 from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
+from .gcpause import collector_paused
 from .io import LoraTensors, PendingRead, start_read
 from .keymaps.blockids import block_of
 from .keymaps.detect import detect_architecture
@@ -239,6 +240,12 @@ def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
     ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
     (default: the file stem); ``roots``: the LoRA folders the file must lie in when it is read.
     """
+    with collector_paused():
+        return _load(source, tree, metadata, name, roots)
+
+
+def _load(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
+          name: str | None, roots: Sequence[Path] | None) -> LoadedLora:
     read = _grouped(source, tree, metadata, name, roots)
     path, name, grouped = read.path, read.name, read.grouped
     with _values_first(read.values):

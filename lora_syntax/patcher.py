@@ -32,6 +32,7 @@ from .adapters.base import Adapter
 from .errors import LoraApplyError, LoraError, LoraShapeError
 from .factors import prepare_factors
 from .fusing import fuse
+from .gcpause import collector_paused
 from .grouping import DIRECT_DTYPES, GroupState, member_of, share_factors
 from .owned import OwnedTensor, buffers
 from .targets import ModuleTarget
@@ -222,6 +223,7 @@ class Patcher:
         self._step: int | None = None
 
     # -- stack -----------------------------------------------------------------------------
+    @collector_paused()
     def load(self, stacks: Iterable[ModuleStack]) -> None:
         """Validate ``stacks`` in full, then make them the active stack (no weight is written here)."""
         stacks = tuple(stacks)
@@ -285,6 +287,7 @@ class Patcher:
         return tuple(sorted({s for slot in self._slots.values() for s in slot.stack.change_points()}))
 
     # -- weights ---------------------------------------------------------------------------
+    @collector_paused()
     def apply(self, step: int) -> ApplyReport:
         """Write the weights of 1-based ``step`` into every module whose weights differ from what it holds.
 
