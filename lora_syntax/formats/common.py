@@ -26,25 +26,36 @@ def split_suffix(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | Non
 
     Suffixes start with a dot, so the ones a key can end with are its last 1, 2, 3... dotted segments: a
     few dictionary look-ups per key (most segments first, i.e. longest first) instead of a scan of the table."""
-    for count in _segment_counts(tuple(suffixes)):
-        cut = len(key)
-        for _ in range(count):
-            cut = key.rfind(".", 0, cut)
-            if cut <= 0:
-                break
-        if cut > 0:
-            normal = suffixes.get(key[cut:])
+    counts = _segment_counts(suffixes)
+    cuts, cut = [], len(key)
+    for _ in range(counts[0]):
+        cut = key.rfind(".", 0, cut)
+        if cut <= 0:
+            break
+        cuts.append(cut)
+    for count in counts:
+        if count <= len(cuts):
+            normal = suffixes.get(key[cuts[count - 1]:])
             if normal is not None:
-                return key[:cut], normal
+                return key[:cuts[count - 1]], normal
     return None
 
 
-@lru_cache(maxsize=64)
-def _segment_counts(suffixes: tuple[str, ...]) -> tuple[int, ...]:
-    """The numbers of dotted segments the suffixes have, most first (computed once per table)."""
-    if not all(suffix.startswith(".") for suffix in suffixes):
+_COUNTS: dict[int, tuple[Mapping[str, str], tuple[int, ...]]] = {}
+
+
+def _segment_counts(suffixes: Mapping[str, str]) -> tuple[int, ...]:
+    """The numbers of dotted segments the suffixes have, most first (computed once per table object)."""
+    known = _COUNTS.get(id(suffixes))
+    if known is not None and known[0] is suffixes:
+        return known[1]
+    if not suffixes or not all(suffix.startswith(".") for suffix in suffixes):
         raise ValueError("every suffix starts with '.'")
-    return tuple(sorted({suffix.count(".") for suffix in suffixes}, reverse=True))
+    counts = tuple(sorted({suffix.count(".") for suffix in suffixes}, reverse=True))
+    if len(_COUNTS) >= 256:   # the tables are module constants; a caller making new ones cannot grow this
+        _COUNTS.clear()
+    _COUNTS[id(suffixes)] = (suffixes, counts)
+    return counts
 
 
 @lru_cache(maxsize=64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from functools import lru_cache
 
 import torch
 
@@ -39,6 +40,7 @@ COMPONENT_PREFIXES = ("unet", "transformer", "transformer_2", "text_encoder", "t
 WRAPPERS = ("base_model.model.",)  # PEFT's own wrapper prefix, dropped
 
 
+@lru_cache(maxsize=1 << 16)   # scoring and grouping parse each key, and LoRAs for one model share keys
 def parse_key(key: str) -> tuple[str | None, str, str] | None:
     """``(component or None, module path, normalised param)`` of a PEFT/diffusers key, or ``None``."""
     parts = split_suffix(key, SUFFIXES)
