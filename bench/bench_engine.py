@@ -191,11 +191,11 @@ def flux_forward_fn(model, latent: int, device: str, dtype: torch.dtype, text_to
 
 
 def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool | None = None,
-         fused: bool | None = None, compare_torch_path: bool = False) -> dict:
+         fused: bool | None = None, compare_torch_path: bool = False, lora_dtype: torch.dtype = torch.float32) -> dict:
     component = COMPONENT[arch]
     tree = tree_from_modules(arch, {component: unet})
     library = LoraLibrary([folder])
-    result = {"compile": warm_up(device, unet.dtype)}
+    result = {"compile": warm_up(device, unet.dtype, lora_dtype)}
     patcher = Patcher({component: unet}, grouped=grouped, fused=fused)
     base_memory = memory_in_use(device)
     sync(device)
@@ -268,16 +268,17 @@ def profile_to(path: Path, fn, orders: tuple[tuple[str, int], ...] = (("tottime"
     path.write_text(text.getvalue())
 
 
-def warm_up(device: str, dtype: torch.dtype) -> float:
-    """Seconds to compile (or load from Triton's disk cache) the fused kernel for ``dtype``: paid once per
-    process at the first apply, and kept out of the timings below."""
+def warm_up(device: str, dtype: torch.dtype, factor_dtype: torch.dtype = torch.float32) -> float:
+    """Seconds to compile (or load from Triton's disk cache) the fused kernel for ``dtype`` weights and
+    the factors the engine keeps for files of ``factor_dtype``: paid once per process at the first apply,
+    and kept out of the timings below."""
     from lora_syntax import triton_fuse
 
     if not triton_fuse.available(torch.device(device)):
         return 0.0
     sync(device)
     start = time.perf_counter()
-    triton_fuse.warm_up(torch.device(device), dtype)
+    triton_fuse.warm_up(torch.device(device), dtype, factor_dtype)
     sync(device)
     return time.perf_counter() - start
 
@@ -393,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_loras(unet, Path(tmp), prefix=COMPONENT[args.arch], dtype=LORA_DTYPE[args.lora_dtype])
         print(f"LoRA files in {args.lora_dtype}")
-        ours_r = ours(unet, Path(tmp), args.arch, args.device, args.repeat, grouped, fused, args.compare_torch_path)
+        ours_r = ours(unet, Path(tmp), args.arch, args.device, args.repeat, grouped, fused, args.compare_torch_path,
+                      LORA_DTYPE[args.lora_dtype])
         gc.collect()
         theirs = diffusers_side(unet, paths, args.arch, args.device, args.repeat)
     report(ours_r, theirs)

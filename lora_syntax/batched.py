@@ -39,8 +39,8 @@ class Member:
 
     original: torch.Tensor          # (out, in) view of W0
     target: torch.Tensor            # (out, in) view of the tensor receiving the fused weight
-    up: torch.Tensor                # (out, R) fp32
-    down: torch.Tensor              # (R, in) fp32
+    up: torch.Tensor                # (out, R) fp32, or the files' half dtype on an accelerator
+    down: torch.Tensor              # (R, in) likewise
     ranks: tuple[int, ...]          # rank of each low-rank term, in order
     scales: tuple[float, ...]       # scale of each low-rank term not folded into ``up``
     exact: bool = False             # the factors are exact in TF32 (the kernel may use one TF32 pass)
@@ -171,6 +171,7 @@ def write(group: Group, columns: torch.Tensor, select: Sequence[int] | None = No
             index = torch.tensor(part, dtype=torch.int64).to(group.device)
             ups, downs, part_columns = ups.index_select(0, index), downs.index_select(0, index), columns.index_select(0, index)
         members = [group.members[i] for i in part]
-        sums = list(torch.bmm(ups * part_columns.unsqueeze(1), downs).unbind(0))
+        downs = downs if downs.dtype == torch.float32 else downs.float()   # half factors: widened per product
+        sums = list(torch.bmm(ups * part_columns.unsqueeze(1), downs).unbind(0))   # ups * columns: fp32
         torch._foreach_add_(sums, [m.original for m in members])
         torch._foreach_copy_([m.target for m in members], sums)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # Devices whose factors are prepared in place from the file's tensors; factors for any other device are
 # copied there raw (:func:`_move`).
 HOST_DEVICES = ("cpu", "meta")
+# File dtypes an accelerator keeps its factors in when every factor bound for it has that one dtype: half
+# the memory and half the factor reads of fp32, and exact in TF32 (the fused kernel multiplies them in
+# fp32 registers; the torch paths widen them per product).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _plain_factors(adapter: Adapter, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, float] | None:
@@ -55,12 +59,13 @@ def _low_rank_terms(slot: Slot) -> list[tuple[int, torch.Tensor, torch.Tensor, f
 
 
 def prepare_factors(slots: Sequence[Slot]) -> None:
-    """Give each slot its concatenated fp32 factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
+    """Give each slot its concatenated factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
 
     On the CPU every factor is written once: several terms go straight into their slice of ``U``/``D``
     (scales folded into ``U``); a single fp32 term is used as it is (no copy). For an accelerator the
     file's tensors are copied to it as they are (no CPU pass over them: a host copy of a gigabyte of
-    factors costs more than the copies) into one device tensor per device, the terms' scales kept apart
+    factors costs more than the copies) into one device tensor per device (in the files' half dtype
+    when they share one, else fp32), the terms' scales kept apart
     in ``low_scales`` (the fused kernel applies them in fp32), and laid out so that the modules of one
     shape can be written as a group without stacking their factors again.
     """
@@ -98,15 +103,19 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
 
 
 def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
-    """Copy the items' raw factors into one fp32 tensor on ``device``: per run of modules of one shape
-    and ranks, every ``U`` then every ``D`` (a group's stacks are then views of it, :func:`batched.stacked`).
-    Factors that are views of one file's map cross to the device as a few spans of it (:mod:`transfer`)."""
+    """Copy the items' raw factors into one tensor on ``device``: per run of modules of one shape and
+    ranks, every ``U`` then every ``D`` (a group's stacks are then views of it, :func:`batched.stacked`).
+    Its dtype is the factors' own when all share one of :data:`HALF_DTYPES` (fp16 or bf16 files, the
+    usual case), else fp32. Factors that are views of one file's map cross to the device as a few spans
+    of it (:mod:`transfer`)."""
     runs: dict[tuple, list[tuple[Slot, list]]] = {}
     for slot, terms in items:
         runs.setdefault((tuple(slot.module.weight.shape), slot.low_ranks), []).append((slot, terms))
     sizes = [terms[0][1].shape[0] * sum(slot.low_ranks) + sum(slot.low_ranks) * terms[0][2].shape[1]
              for slot, terms in items]
-    moved = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+    dtypes = {t.dtype for _, terms in items for _, up, down, _ in terms for t in (up, down)}
+    kept = next(iter(dtypes)) if len(dtypes) == 1 and next(iter(dtypes)) in HALF_DTYPES else torch.float32
+    moved = torch.empty(sum(sizes), dtype=kept, device=device)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []   # (place in the moved tensor, file tensor)
     offset = 0
     for run in runs.values():
@@ -130,11 +139,11 @@ def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
                 else:
                     slot.low_down = view
     copy_into(pairs, device)
-    exact = _tf32_exact(moved)
+    exact = kept in HALF_DTYPES or _tf32_exact(moved)   # half values are exact in TF32 by their format
     for slot, terms in items:
         slot.low_scales = tuple(t[3] for t in terms)
         slot.low_exact = exact
-        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
+        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * moved.element_size()
 
 
 def _tf32_exact(values: torch.Tensor) -> bool:

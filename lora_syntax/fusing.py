@@ -46,12 +46,18 @@ def low_rank_into(w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha:
         into.copy_(w0.float().addmm_(up, down, alpha=alpha))
 
 
+def _fp32(factor: torch.Tensor) -> torch.Tensor:
+    """A factor as fp32: an accelerator may keep a stack's factors in the files' half dtype, and a product
+    of half tensors would be rounded to half."""
+    return factor if factor.dtype == torch.float32 else factor.float()
+
+
 def _scaled_up(slot: _Slot, low: tuple[float, ...]) -> tuple[torch.Tensor, float]:
-    """The concatenated up-factor and GEMM alpha for the low-rank terms' weights ``low``."""
+    """The concatenated fp32 up-factor and GEMM alpha for the low-rank terms' weights ``low``."""
     scaled = tuple(m * s for m, s in zip(low, slot.low_scales))
     if scaled.count(scaled[0]) == len(scaled):  # one weight for all: fold it into alpha, no scaled copy of U
-        return slot.low_up, scaled[0]
-    return slot.low_up * _rank_scale(scaled, slot.low_ranks, slot.low_up.device), 1.0
+        return _fp32(slot.low_up), scaled[0]
+    return slot.low_up * _rank_scale(scaled, slot.low_ranks, slot.low_up.device), 1.0   # fp32 by promotion
 
 
 def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
@@ -70,12 +76,12 @@ def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
     if into is not None and not others and any(low):
         up, alpha = _scaled_up(slot, low)
         rows = shape[0]
-        low_rank_into(original.reshape(rows, -1), up, slot.low_down, alpha, into.view(rows, -1))
+        low_rank_into(original.reshape(rows, -1), up, _fp32(slot.low_down), alpha, into.view(rows, -1))
         return None
     w0 = original.float()
     if any(low):
         up, alpha = _scaled_up(slot, low)
-        fused = torch.addmm(w0.reshape(shape[0], -1), up, slot.low_down, alpha=alpha).reshape(shape)
+        fused = torch.addmm(w0.reshape(shape[0], -1), up, _fp32(slot.low_down), alpha=alpha).reshape(shape)
     if not others:
         return w0.clone() if fused is None else fused
     fused = w0.clone() if fused is None else fused

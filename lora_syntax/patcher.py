@@ -97,8 +97,8 @@ class _Slot:
     module: torch.nn.Module
     weight: OwnedTensor | None = None
     bias: OwnedTensor | None = None
-    low_up: torch.Tensor | None = None      # (out, sum r) concatenated up factors, fp32
-    low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, fp32
+    low_up: torch.Tensor | None = None      # (out, sum r) concatenated up factors, fp32 (accelerator: maybe half)
+    low_down: torch.Tensor | None = None    # (sum r, in*k) concatenated down factors, likewise
     low_terms: tuple[int, ...] = ()         # term indices in the GEMM
     low_ranks: tuple[int, ...] = ()
     low_scales: tuple[float, ...] = ()      # per low-rank term: its scale when not folded into low_up

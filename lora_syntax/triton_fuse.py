@@ -157,14 +157,16 @@ def disable(error: BaseException) -> str:
             "and Triton version.")
 
 
-def warm_up(device: torch.device, dtype: torch.dtype) -> None:
-    """Compile the kernel's variants for ``dtype`` now (or load them from Triton's disk cache), so that
-    the first apply of a generation does not pay for it: rank blocks weighted after their product (one
-    TF32 pass) and column weights inside it. Shapes divisible by 16, as real models' are."""
+def warm_up(device: torch.device, dtype: torch.dtype, factor_dtype: torch.dtype = torch.float32) -> None:
+    """Compile the kernel's variants for ``dtype`` weights now (or load them from Triton's disk cache), so
+    that the first apply of a generation does not pay for it: rank blocks weighted after their product (one
+    TF32 pass) and column weights inside it, for fp32 factors and for those kept in ``factor_dtype`` (files
+    of one half dtype keep theirs on the device). Shapes divisible by 16, as real models' are."""
     weights = torch.zeros(2, 32, 32, dtype=dtype, device=device)
     where = offsets([weights[0], weights[1]], weights[0]).to(device)
-    for ranks, exact in (((BLOCK_K,), True), ((BLOCK_K // 2, BLOCK_K // 2), False)):
-        rank = sum(ranks)
-        fuse_group(weights[0], where[:1], where[1:], torch.zeros(1, 32, rank, device=device),
-                   torch.zeros(1, rank, 32, device=device), torch.zeros(1, rank, device=device),
-                   torch.zeros(1, dtype=torch.int64, device=device), ranks=ranks, exact=exact)
+    for kept in dict.fromkeys((torch.float32, factor_dtype)):
+        for ranks, exact in (((BLOCK_K,), True), ((BLOCK_K // 2, BLOCK_K // 2), False)):
+            rank = sum(ranks)
+            fuse_group(weights[0], where[:1], where[1:], torch.zeros(1, 32, rank, dtype=kept, device=device),
+                       torch.zeros(1, rank, 32, dtype=kept, device=device), torch.zeros(1, rank, device=device),
+                       torch.zeros(1, dtype=torch.int64, device=device), ranks=ranks, exact=exact)

@@ -385,3 +385,35 @@ def test_a_weight_changing_at_every_step_holds_few_rows_on_the_device(device, pa
         if path.get("grouped"):
             assert all(len(state._columns) <= grouping.ROWS_HELD for state in patcher._groups)
     patcher.restore()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("files", ["float16", "bfloat16", "mixed"])
+@pytest.mark.parametrize("write", ["per-module", "grouped", "fused"])
+def test_an_accelerator_keeps_factors_of_half_files_in_their_dtype(device, files, write, monkeypatch):
+    """Factors bound for an accelerator stay in the files' half dtype when they share one (half the memory,
+    exact in TF32), fp32 otherwise; every write path gives the sum rounded once from them."""
+    monkeypatch.setattr(factors, "HOST_DEVICES", ("meta",))       # the accelerator layout, on any device
+    monkeypatch.setattr(batched, "MIN_GROUP", 1)
+    if write == "fused" and not triton_fuse.available(torch.device(device)):
+        pytest.skip("the fused kernel needs Triton and CUDA (or Triton's interpreter on the CPU)")
+    torch.manual_seed(4)
+    net = Row().to(device, torch.float16).requires_grad_(False)
+    copies = {n: p.detach().clone() for n, p in net.named_parameters()}
+    kinds = {"float16": (torch.float16,) * 2, "bfloat16": (torch.bfloat16,) * 2,
+             "mixed": (torch.float16, torch.bfloat16)}[files]
+    stacks = [ModuleStack(ModuleTarget("net", f"layers.{i}"), tuple(
+        Term(f"l{j}", lora(net.layers[i], 32, seed=20 * i + j, factor_dtype=kinds[j], alpha=4.0 * (j + 1)),
+             (0.9 - 0.5 * j, 0.3 + 0.4 * j)) for j in range(2))) for i in range(6)]
+    patcher = Patcher({"net": net}, grouped=write != "per-module", fused=write == "fused")
+    patcher.load(stacks)
+    kept = torch.float32 if files == "mixed" else kinds[0]
+    for slot in patcher._slots.values():
+        assert slot.low_up.dtype == slot.low_down.dtype == kept and slot.low_exact
+        assert slot.extra_bytes == (slot.low_up.numel() + slot.low_down.numel()) * kept.itemsize
+    for step in (1, 2, 1):
+        patcher.apply(step)
+        for i, stack in enumerate(stacks):
+            assert_one_rounding(net.layers[i].weight, reference(copies[f"layers.{i}.weight"], stack, step))
+    patcher.restore()
+    assert all(torch.equal(p, copies[n]) for n, p in net.named_parameters())
