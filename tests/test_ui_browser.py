@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def test_details_show_metadata_chips_insert_and_user_fields_save(page, lora_dir)
     weight.fill("0.6")
     page.fill("#lsx_notes textarea", "good at 0.6")
     page.locator("#lsx_save").click()
-    page.locator("#lsx_status", has_text="Saved").wait_for()
+    # a pattern, not a string: has_text="Saved" matches case-insensitively, and the refusal above ends
+    # "nothing was saved", so it would not wait for this save at all (the file read too early)
+    page.locator("#lsx_status", has_text=re.compile(r"Saved inkwash\.json")).wait_for()
     saved = json.loads((lora_dir / "inkwash.json").read_text(encoding="utf-8"))
     assert saved["preferred weight"] == 0.6 and saved["notes"] == "good at 0.6"
     card(page, "inkwash").locator(".lsx-weight", has_text="0.6").wait_for()
