@@ -30,7 +30,7 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, keep the log, 
 "$PYTHON" -c "import torch, sys; ok = torch.cuda.is_available(); print('torch', torch.__version__, '|',
     torch.cuda.get_device_name(0) if ok else 'NO CUDA DEVICE'); sys.exit(0 if ok else 1)" || exit 1
 
-step tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_patcher.py tests/test_triton_fuse.py
+step tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_patcher.py tests/test_triton_fuse.py tests/test_transfer.py
 step kernel 40 "$PYTHON" bench/bench_kernel.py --dtype fp16
 step sdxl_fp16 100 "$PYTHON" bench/bench_engine.py --arch sdxl --device cuda --dtype fp16 --lora-dtype fp16 --repeat 3 --compare-torch-path
 step generation 110 "$PYTHON" bench/bench_generation.py --device cuda --dtype fp16 --lora-dtype fp16 --steps 30 --size 1024 --repeat 2
