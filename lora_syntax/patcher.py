@@ -58,9 +58,13 @@ class ModuleStack:
     terms: tuple[Term, ...]
 
     @functools.cached_property
+    def _planned(self) -> tuple[tuple[tuple[float, ...], ...], tuple[int, ...]]:
+        return _schedule(tuple(t.weights for t in self.terms))
+
+    @functools.cached_property
     def schedule(self) -> tuple[tuple[float, ...], ...]:
         """The terms' weights per step (index 0 = step 1): every apply reads it."""
-        return _schedule(tuple(t.weights for t in self.terms))[0]
+        return self._planned[0]
 
     def weights_at(self, step: int) -> tuple[float, ...]:
         """The terms' weights at 1-based ``step`` (steps past the end keep the last weight)."""
@@ -68,7 +72,7 @@ class ModuleStack:
 
     def change_points(self) -> tuple[int, ...]:
         """1-based steps (> 1) where some term's weight differs from the step before."""
-        return _schedule(tuple(t.weights for t in self.terms))[1]
+        return self._planned[1]
 
 
 @functools.lru_cache(maxsize=1024)

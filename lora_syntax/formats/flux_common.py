@@ -56,12 +56,6 @@ class Placement:
 Resolver = Callable[[str, ModelTree], "Placement | None"]
 
 
-def split_key(key: str, suffixes: Mapping[str, str]) -> tuple[str, str] | None:
-    """``(module name, normalised parameter)`` of ``key``, by the longest suffix of ``suffixes`` (written
-    without their leading dot: ``lora_up.weight``)."""
-    return split_suffix(key, dotted(tuple(suffixes.items())))
-
-
 def underscore_index(tree: ModelTree, component: str) -> dict[str, str]:
     """``{module path with '.' -> '_': module path}`` of a component (kohya's flattened names).
 
@@ -117,10 +111,13 @@ class _Entry:
 
 def _collect(state_dict: Mapping[str, torch.Tensor], suffixes: Mapping[str, str],
              unmatched: list[str]) -> dict[str, _Entry]:
+    """Each module's parameters, by the longest suffix of ``suffixes`` (written without their leading dot:
+    ``lora_up.weight``) that its keys end with."""
+    table = dotted(tuple(suffixes.items()))   # once per file, not once per key
     groups: dict[str, dict[str, torch.Tensor]] = {}
     keys: dict[str, list[str]] = {}
     for key, tensor in state_dict.items():
-        parts = split_key(key, suffixes)
+        parts = split_suffix(key, table)
         if parts is None:
             unmatched.append(key)
             continue
