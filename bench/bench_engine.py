@@ -200,7 +200,8 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool 
     base_memory = memory_in_use(device)
     sync(device)
     start = time.perf_counter()
-    items = [(Step(f"lora{i}", (0.8, 0.4)), library.load(library.resolve(f"lora{i}"), tree)) for i in range(3)]
+    loaded = library.load_many([library.resolve(f"lora{i}") for i in range(3)], tree)   # as a tag stack loads
+    items = [(Step(f"lora{i}", (0.8, 0.4)), one) for i, one in enumerate(loaded)]
     stacks = module_stacks(merge_entries(items)[0])
     result["read"] = time.perf_counter() - start
     patcher.load(stacks)                                 # factors prepared and moved to the device here

@@ -92,9 +92,11 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
             slot.low_up = torch.empty(up.shape[0], rank, dtype=torch.float32)
             slot.low_down = torch.empty(rank, down.shape[1], dtype=torch.float32)
             start = 0
-            for _, up, down, scale in terms:
+            for _, up, down, scale in terms:   # converted while copied, then scaled in place: no temporary
                 stop = start + up.shape[1]
-                torch.mul(up.to("cpu", torch.float32), scale, out=slot.low_up[:, start:stop])
+                part = slot.low_up[:, start:stop].copy_(up)
+                if scale != 1.0:
+                    part.mul_(scale)
                 slot.low_down[start:stop].copy_(down)
                 start = stop
         slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4

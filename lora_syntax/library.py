@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .errors import LoraError, LoraFileError, LoraNameError
+from . import io as file_io
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, pickle_error, read_metadata
 from .metadata import LoraInfo, read_info, sidecar
 from .plan import COMPONENTS, DENOISERS, TEXT_ENCODERS, Plan
@@ -150,13 +151,16 @@ class LoadCache:
         with self._lock:
             self._items.clear()
 
-    def get_or_load(self, entry: "LoraEntry", tree: Any) -> Any:
+    def _key(self, entry: "LoraEntry", tree: Any) -> tuple[tuple, os.stat_result]:
         try:
             stat = entry.path.stat()
         except OSError as error:
             raise LoraFileError(f"LoRA file '{entry.path}' cannot be read: {error.strerror or error}.",
                                 path=entry.path) from error
-        key = (str(entry.path), file_stamp(stat), getattr(tree, "architecture", None), id(tree))
+        return (str(entry.path), file_stamp(stat), getattr(tree, "architecture", None), id(tree)), stat
+
+    def _cached(self, key: tuple, tree: Any) -> Any:
+        """The cached load for ``key`` (counted as a hit), or ``None`` (a miss); drops stale versions."""
         with self._lock:
             for old in [k for k in self._items if k[0] == key[0] and k[1] != key[1]]:
                 del self._items[old]  # the file changed on disk
@@ -166,14 +170,37 @@ class LoadCache:
                 self.hits += 1
                 return cached.loaded
             self.misses += 1
+        return None
+
+    def get_or_load(self, entry: "LoraEntry", tree: Any, *, started: Any = None) -> Any:
+        """``entry`` loaded onto ``tree``, from the cache when its file is unchanged. ``started``: the file's
+        :func:`io.start_read`, when the caller opened it ahead (:meth:`get_or_load_many`)."""
+        key, stat = self._key(entry, tree)
+        cached = self._cached(key, tree)
+        if cached is not None:
+            return cached
         loader = importlib.import_module("lora_syntax.loader")
-        loaded = loader.load_lora(entry.path, tree, name=entry.name, roots=entry.roots)
+        loaded = loader.load_lora(entry.path, tree, name=entry.name, roots=entry.roots, started=started)
         nbytes = getattr(loaded, "nbytes", 0) or tensor_bytes(loaded) or stat.st_size
         if self.max_items > 0 and nbytes <= self.max_bytes:
             with self._lock:
                 self._items[key] = _Cached(loaded, nbytes, tree)
                 self._evict()
         return loaded
+
+    def get_or_load_many(self, entries: Sequence["LoraEntry"], tree: Any) -> list[Any]:
+        """Each of ``entries`` loaded onto ``tree``, in order. Every file not in the cache is opened first,
+        so the values of later files are checked (on the value-check threads) while earlier ones are mapped."""
+        started: dict[Path, Any] = {}
+        for entry in entries:
+            if entry.path in started:
+                continue
+            key = self._key(entry, tree)[0]
+            with self._lock:
+                held = self._items.get(key)
+            if held is None or held.tree is not tree:
+                started[entry.path] = file_io.start_read(entry.path, roots=entry.roots)
+        return [self.get_or_load(entry, tree, started=started.pop(entry.path, None)) for entry in entries]
 
     def _evict(self) -> None:
         total = self.nbytes
@@ -460,3 +487,12 @@ class LoraLibrary:
         if entry.refused:
             raise LoraFileError(entry.refused, path=entry.path)
         return self.cache.get_or_load(entry, tree)
+
+    def load_many(self, entries_or_names: Sequence[LoraEntry | str], tree) -> list:
+        """Several LoRAs mapped onto ``tree`` (see :meth:`load`); files not in the cache are all opened
+        first, so one file's values are checked while another's keys are mapped."""
+        entries = [self.entry(item) for item in entries_or_names]
+        for entry in entries:
+            if entry.refused:
+                raise LoraFileError(entry.refused, path=entry.path)
+        return self.cache.get_or_load_many(entries, tree)

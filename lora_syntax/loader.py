@@ -56,14 +56,14 @@ class _InMemory:
         return LoraTensors(self.tensors, self.metadata)
 
 
-def _read(source: Path | str | Mapping[str, torch.Tensor],
-          roots: Sequence[Path] | None) -> tuple[Path | None, PendingRead | _InMemory]:
-    """The tensors and metadata of a file (one open; its values checked meanwhile), or of an in-memory
-    state dict."""
+def _read(source: Path | str | Mapping[str, torch.Tensor], roots: Sequence[Path] | None,
+          started: PendingRead | None = None) -> tuple[Path | None, PendingRead | _InMemory]:
+    """The tensors and metadata of a file (one open; its values checked meanwhile; ``started``: that open,
+    made ahead by the caller), or of an in-memory state dict."""
     if isinstance(source, Mapping):
         return None, _InMemory(source)
     path = Path(source)
-    return path, start_read(path, roots=roots)
+    return path, started if started is not None else start_read(path, roots=roots)
 
 
 @contextlib.contextmanager
@@ -195,10 +195,10 @@ class _Read:
 
 
 def _grouped(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
-             name: str | None, roots: Sequence[Path] | None = None) -> _Read:
+             name: str | None, roots: Sequence[Path] | None = None, started: PendingRead | None = None) -> _Read:
     """Read (inside ``roots`` when given), refuse another architecture, pick the key dialect and group the keys
     per module."""
-    path, read = _read(source, roots)
+    path, read = _read(source, roots, started)
     state_dict = read.tensors
     metadata = {**read.metadata, **dict(metadata or {})}
     name = name or (path.stem if path is not None else "LoRA")
@@ -234,19 +234,20 @@ def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
 
 def load_lora(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, *,
               metadata: Mapping[str, str] | None = None, name: str | None = None,
-              roots: Sequence[Path] | None = None) -> LoadedLora:
+              roots: Sequence[Path] | None = None, started: PendingRead | None = None) -> LoadedLora:
     """Map a LoRA file (or an in-memory state dict) onto ``tree``; every problem is a :class:`LoraFileError`.
 
     ``metadata`` adds to (and overrides) the file's own safetensors metadata; ``name`` is used in messages
-    (default: the file stem); ``roots``: the LoRA folders the file must lie in when it is read.
+    (default: the file stem); ``roots``: the LoRA folders the file must lie in when it is read;
+    ``started``: the file's :func:`io.start_read` when the caller opened it ahead (its checks already running).
     """
     with collector_paused():
-        return _load(source, tree, metadata, name, roots)
+        return _load(source, tree, metadata, name, roots, started)
 
 
 def _load(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, metadata: Mapping[str, str] | None,
-          name: str | None, roots: Sequence[Path] | None) -> LoadedLora:
-    read = _grouped(source, tree, metadata, name, roots)
+          name: str | None, roots: Sequence[Path] | None, started: PendingRead | None = None) -> LoadedLora:
+    read = _grouped(source, tree, metadata, name, roots, started)
     path, name, grouped = read.path, read.name, read.grouped
     with _values_first(read.values):
         patches = tuple(_patch(params, tree, name, path) for params in grouped.modules)

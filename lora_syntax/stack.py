@@ -103,11 +103,9 @@ def resolve_stack(plan, library, tree) -> tuple[tuple[StackEntry, ...], tuple[st
     Every name is resolved before any file is loaded, so a typo fails fast; zero LoRAs are not loaded.
     """
     resolved = [(lora, library.resolve(lora.name)) for lora in plan.loras]
+    wanted = [(lora, entry) for lora, entry in resolved if not lora.is_zero]
     items = []
-    for lora, entry in resolved:
-        if lora.is_zero:
-            continue
-        loaded = library.load(entry, tree)
+    for (lora, _), loaded in zip(wanted, library.load_many([entry for _, entry in wanted], tree)):
         check_architecture(loaded, getattr(tree, "architecture", None), lora.name)
         items.append((lora, loaded))
     entries, warnings = merge_entries(items)

@@ -325,3 +325,50 @@ def test_a_file_with_nan_values_is_refused_for_them_even_when_its_keys_do_not_ma
                "lora_unet_nowhere.lora_up.weight": torch.ones(3, 1)}
     with pytest.raises(LoraFileError, match=r"NaN values in tensor 'lora_unet_nowhere\.lora_down\.weight'"):
         load_lora(write(tmp_path / "broken.safetensors", tensors), reference_tree("sd15"))
+
+
+@pytest.mark.parametrize("piece_bytes", [4, 12, 20, 64, 1 << 20])
+@pytest.mark.parametrize("broken", [None, 0, 2, 4])
+def test_pieces_of_the_value_check_name_the_broken_tensor_and_keep_the_peak(tmp_path: Path, monkeypatch,
+                                                                           piece_bytes: int, broken) -> None:
+    """However a run is cut into pieces (across, inside or between tensors), the check names the tensor
+    that holds a NaN, and a finite file's peak is the largest |value| of all."""
+    from lora_syntax import io
+
+    monkeypatch.setattr(io, "CHECK_PIECE_BYTES", piece_bytes)
+    tensors = {f"lora_unet_m{i}.weight": torch.linspace(-i, i / 2, 3 + i) for i in range(5)}
+    tensors["lora_unet_m1.empty"] = torch.zeros(0)
+    if broken is not None:
+        tensors[f"lora_unet_m{broken}.weight"][-1] = float("nan")
+    path = write(tmp_path / "pieces.safetensors", tensors)
+    if broken is None:
+        assert io.read_lora(path).peak == 4.0
+    else:
+        with pytest.raises(LoraFileError, match=rf"NaN values in tensor 'lora_unet_m{broken}\.weight'"):
+            io.read_lora(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_checks_values_with_threads_of_its_own(tmp_path: Path) -> None:
+    """The value-check threads do not survive a fork (a host's worker processes): the child makes its own
+    instead of queueing work for threads it does not have, which would wait forever."""
+    from lora_syntax import io
+
+    path = write(tmp_path / "ok.safetensors")
+    assert io.read_lora(path).peak == 11.0          # the parent's threads exist now
+    child = os.fork()
+    if child == 0:                                  # pragma: no cover - runs in the child
+        try:
+            os._exit(0 if io.read_lora(path).peak == 11.0 else 1)
+        finally:
+            os._exit(2)
+    import time
+
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child's read never finished: it waited for the parent's check threads")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

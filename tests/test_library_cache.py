@@ -22,10 +22,12 @@ class FakeLoader:
 
     def __init__(self, nbytes: int = KB) -> None:
         self.calls: list[tuple[Path, object]] = []
+        self.started: list[object] = []
         self.nbytes = nbytes
 
-    def load_lora(self, source, tree, *, metadata=None, name=None, roots=None):
+    def load_lora(self, source, tree, *, metadata=None, name=None, roots=None, started=None):
         self.calls.append((Path(source), tree))
+        self.started.append(started)
         adapter = types.SimpleNamespace(up=torch.zeros(self.nbytes // 8), down=torch.zeros(self.nbytes // 8))
         patch = types.SimpleNamespace(adapter=adapter, source_keys=("k",))
         return types.SimpleNamespace(path=Path(source), name=name, patches=(patch,), unmatched=())
@@ -127,6 +129,35 @@ def test_deleted_file_is_a_clear_error(folder: Path, fake: FakeLoader) -> None:
     (folder / "a.safetensors").unlink()
     with pytest.raises(LoraFileError, match="a.safetensors"):
         library.load(entry, tree())
+
+
+def test_load_many_opens_every_file_not_cached_before_mapping_the_first(folder: Path, fake: FakeLoader,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack's files are all opened first, so later files' values are checked while earlier ones map."""
+    from lora_syntax import io
+
+    opened: list[str] = []
+    library, model = LoraLibrary([folder]), tree()
+    first = library.load("a", model)
+
+    def start_read(path, *, roots=None):
+        opened.append(Path(path).stem)
+        assert len(fake.calls) == 1, "a file was opened after mapping began"
+        return f"read of {Path(path).stem}"
+
+    monkeypatch.setattr(io, "start_read", start_read)
+    loaded = library.load_many(["a", "b", "c", "b"], model)
+    assert opened == ["b", "c"]                      # "a" is cached; "b" is opened once
+    assert loaded[0] is first and loaded[1] is loaded[3] and len(fake.calls) == 3
+    assert fake.started == [None, "read of b", "read of c"]
+
+
+def test_load_many_refuses_a_refused_entry_before_opening_anything(folder: Path, fake: FakeLoader) -> None:
+    torch.save({"w": torch.ones(1)}, folder / "old.pt")
+    library = LoraLibrary([folder])
+    with pytest.raises(LoraFileError, match="old.pt"):
+        library.load_many(["a", "old"], tree())
+    assert fake.calls == []
 
 
 def test_tensor_bytes_counts_nested_adapters_once() -> None:
