@@ -421,6 +421,9 @@ def report(o: dict, d: dict) -> None:
           f"next run of the same stack (load + fuse) {ms(o['next_run'])}")
     print(f"(b) re-weight  ours {ms(o['reweight'])}  diffusers {ms(d['reweight'])}  ratio {o['reweight'] / d['reweight']:.3f} (target <= 0.15); "
           f"vs one copy {o['reweight'] / copy:.2f} (target <= 3)")
+    floor = copy / d["reweight"]   # a re-weight reads every changed original and writes its weight: one copy
+    print(f"    floor of a fused re-weight: one copy = {floor:.3f}x set_adapters; the 0.15 target is "
+          f"{'below that floor: unreachable while every touched weight changes' if floor > 0.15 else 'above it'}")
     if "reweight_torch" in o:
         print(f"    batched-product path on the same stack: first fuse {ms(o['fuse_torch'])}, re-weight "
               f"{ms(o['reweight_torch'])} ({o['reweight_torch'] / d['reweight']:.3f}x set_adapters); kernel / batched "
