@@ -286,8 +286,8 @@ def _peak(run: torch.Tensor) -> float:
 #: large: each one ends with a hand-over of the GIL that stalls the thread mapping keys (32 MiB pieces
 #: loaded three SDXL files 20% slower than 256 MiB ones on two cores).
 CHECK_PIECE_BYTES = 256 * 2**20
-#: Threads that check values; memory bandwidth, not cores, bounds a pass, and a few threads reach it.
-CHECK_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Most threads that check values: memory bandwidth, not cores, bounds a pass, and a few threads reach it.
+MAX_CHECK_THREADS = 4
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -298,8 +298,16 @@ def _check_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="lora-syntax value check")
+            _pool = ThreadPoolExecutor(max_workers=check_threads(), thread_name_prefix="lora-syntax value check")
         return _pool
+
+
+def check_threads() -> int:
+    """How many value-check threads: the cores torch's own threads leave over, at most
+    :data:`MAX_CHECK_THREADS`. A host that gives torch every core (the default) gets one, whose ``aminmax``
+    is already spread over those cores; several such threads would each start a team of torch threads
+    and crowd the cores the key mapping needs. One torch thread on 16 cores (the benches) gets four."""
+    return max(1, min(MAX_CHECK_THREADS, (os.cpu_count() or 1) // max(1, torch.get_num_threads())))
 
 
 def _forget_pool() -> None:
