@@ -372,3 +372,13 @@ def test_a_forked_child_checks_values_with_threads_of_its_own(tmp_path: Path) ->
         os.waitpid(child, 0)
         pytest.fail("the forked child's read never finished: it waited for the parent's check threads")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+@pytest.mark.parametrize(("cores", "torch_threads", "expected"), [(16, 16, 1), (16, 1, 4), (2, 1, 2), (16, 4, 4),
+                                                                   (16, 8, 2), (1, 1, 1), (None, 4, 1)])
+def test_value_check_threads_use_the_cores_torch_leaves_over(monkeypatch, cores, torch_threads, expected) -> None:
+    from lora_syntax import io
+
+    monkeypatch.setattr(io.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(io.torch, "get_num_threads", lambda: torch_threads)
+    assert io.check_threads() == expected
