@@ -370,18 +370,19 @@ class Patcher:
         pending = [s for s in self._slots.values() if not s.touched]
         if not pending:
             return
-        needed = sum(s.module.weight.numel() * s.module.weight.element_size() for s in pending)
+        weights = [s.module.weight for s in pending]   # one module attribute look-up each
+        needed = sum(w.numel() * w.element_size() for w in weights)
         rooms: dict[torch.device, bool] = {}   # one free-memory query per device, not one per module
         swapped = []
-        for slot in pending:
-            device = slot.module.weight.device
+        for slot, weight in zip(pending, weights):
+            device = weight.device
             if device not in rooms:
-                rooms[device] = not self.in_place and _room_on_device(slot.module.weight, needed)
+                rooms[device] = not self.in_place and _room_on_device(weight, needed)
             # ``in_place_only`` modules (rows of a host's fused weight) cannot take a buffer: copy mode
             swapped.append(rooms[device] and not getattr(type(slot.module), "in_place_only", False))
-        fresh = buffers([s.module.weight for s, room in zip(pending, swapped) if room])
-        for slot, room in zip(pending, swapped):
-            slot.weight = OwnedTensor(slot.module.weight, room, next(fresh) if room else None)
+        fresh = buffers([w for w, room in zip(weights, swapped) if room])
+        for slot, weight, room in zip(pending, weights, swapped):
+            slot.weight = OwnedTensor(weight, room, next(fresh) if room else None)
             bias = getattr(slot.module, "bias", None)
             if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
                 slot.bias = OwnedTensor(bias, room)
