@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from .errors import LoraError, LoraFileError, LoraNameError
 from . import io as file_io
+from .errors import LoraError, LoraFileError, LoraNameError
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, pickle_error, read_metadata
 from .metadata import LoraInfo, read_info, sidecar
 from .plan import COMPONENTS, DENOISERS, TEXT_ENCODERS, Plan
