@@ -226,6 +226,7 @@ def ours(unet, folder: Path, arch: str, device: str, repeat: int, grouped: bool 
         base.append(timed(forward, device))
         again.append(timed(lambda: (patcher.load(stacks), patcher.apply(1)), device))   # the next generation
     if PROFILE_DIR:   # where the host (Python) time of each phase goes, after the timings
+        patcher.restore()   # the loop above ends applied: start from the next run's state (factors kept)
         profile("load", lambda: patcher.load(stacks))
         profile("first_fuse", lambda: patcher.apply(1))
         profile("reweight", lambda: patcher.apply(2))
@@ -246,8 +247,8 @@ PROFILE_DIR: Path | None = None
 
 
 def profile(name: str, fn) -> None:
-    """cProfile of one call of ``fn`` into PROFILE_DIR/profile_<name>.txt."""
-    profile_to(PROFILE_DIR / f"profile_{name}.txt", fn)
+    """cProfile of one call of ``fn`` into PROFILE_DIR/profile_<name>.txt, by own and by cumulative time."""
+    profile_to(PROFILE_DIR / f"profile_{name}.txt", fn, (("tottime", 30), ("cumulative", 30)))
 
 
 def profile_to(path: Path, fn, orders: tuple[tuple[str, int], ...] = (("tottime", 30),)) -> None:

@@ -32,7 +32,7 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, keep the log, 
 
 step tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_engine_cuda.py tests/test_patcher.py tests/test_triton_fuse.py tests/test_transfer.py
 step kernel 40 "$PYTHON" bench/bench_kernel.py --dtype fp16
-step sdxl_fp16 100 "$PYTHON" bench/bench_engine.py --arch sdxl --device cuda --dtype fp16 --lora-dtype fp16 --repeat 3 --compare-torch-path
+step sdxl_fp16 100 "$PYTHON" bench/bench_engine.py --arch sdxl --device cuda --dtype fp16 --lora-dtype fp16 --repeat 3 --compare-torch-path --profile "$OUT/profile_sdxl"
 step generation 110 "$PYTHON" bench/bench_generation.py --device cuda --dtype fp16 --lora-dtype fp16 --steps 30 --size 1024 --repeat 2
 step flux_bf16 120 "$PYTHON" bench/bench_engine.py --arch flux --device cuda --dtype bf16 --lora-dtype bf16 --repeat 2 --compare-torch-path
 step load 30 "$PYTHON" bench/bench_load.py --arch sdxl --repeat 3 --lora-dtype fp16
