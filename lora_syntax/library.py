@@ -159,13 +159,18 @@ class LoadCache:
                                 path=entry.path) from error
         return (str(entry.path), file_stamp(stat), getattr(tree, "architecture", None), id(tree)), stat
 
+    def _held(self, key: tuple, tree: Any) -> _Cached | None:
+        """What the cache holds for ``key`` and this very ``tree`` (call under the lock)."""
+        cached = self._items.get(key)
+        return cached if cached is not None and cached.tree is tree else None
+
     def _cached(self, key: tuple, tree: Any) -> Any:
         """The cached load for ``key`` (counted as a hit), or ``None`` (a miss); drops stale versions."""
         with self._lock:
             for old in [k for k in self._items if k[0] == key[0] and k[1] != key[1]]:
                 del self._items[old]  # the file changed on disk
-            cached = self._items.get(key)
-            if cached is not None and cached.tree is tree:
+            cached = self._held(key, tree)
+            if cached is not None:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return cached.loaded
@@ -197,8 +202,8 @@ class LoadCache:
                 continue
             key = self._key(entry, tree)[0]
             with self._lock:
-                held = self._items.get(key)
-            if held is None or held.tree is not tree:
+                held = self._held(key, tree)
+            if held is None:
                 started[entry.path] = file_io.start_read(entry.path, roots=entry.roots)
         return [self.get_or_load(entry, tree, started=started.pop(entry.path, None)) for entry in entries]
 
@@ -483,16 +488,16 @@ class LoraLibrary:
     def load(self, entry_or_name: LoraEntry | str, tree):
         """The LoRA mapped onto ``tree`` (a :class:`~lora_syntax.keymaps.tree.ModelTree`), from the cache
         when the file is unchanged on disk."""
-        entry = self.entry(entry_or_name)
-        if entry.refused:
-            raise LoraFileError(entry.refused, path=entry.path)
-        return self.cache.get_or_load(entry, tree)
+        return self.cache.get_or_load(self._loadable(entry_or_name), tree)
 
     def load_many(self, entries_or_names: Sequence[LoraEntry | str], tree) -> list:
         """Several LoRAs mapped onto ``tree`` (see :meth:`load`); files not in the cache are all opened
         first, so one file's values are checked while another's keys are mapped."""
-        entries = [self.entry(item) for item in entries_or_names]
-        for entry in entries:
-            if entry.refused:
-                raise LoraFileError(entry.refused, path=entry.path)
-        return self.cache.get_or_load_many(entries, tree)
+        return self.cache.get_or_load_many([self._loadable(item) for item in entries_or_names], tree)
+
+    def _loadable(self, entry_or_name: LoraEntry | str) -> LoraEntry:
+        """The entry, or its refusal (a pickle, an unreadable file) as a :class:`LoraFileError`."""
+        entry = self.entry(entry_or_name)
+        if entry.refused:
+            raise LoraFileError(entry.refused, path=entry.path)
+        return entry
