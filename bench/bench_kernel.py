@@ -3,8 +3,9 @@
     python bench/bench_kernel.py [--dtype fp16|bf16|fp32] [--rank 96]
 
 A group of SDXL's most common attention shape (1280x1280; 140 modules, 460 MB in fp16) with three rank-32
-LoRAs (factors exact in TF32, as from fp16 files) is re-weighted by the kernel under a few tile shapes,
-in one TF32 pass and in three, and by the batched-product path; each is
+LoRAs (factors from fp16 files) is re-weighted by the kernel under a few tile shapes: factors kept in fp16
+and multiplied as they are (what the engine does with fp16 files), widened to fp32 in one TF32 pass, and in
+three; and by the batched-product path; each is
 timed with CUDA events (median of ``triton.testing.do_bench``) and compared with one device-to-device
 copy of the same weights (read + write: the floor of any re-weight). Needs CUDA and Triton.
 """
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lora_syntax import batched, triton_fuse  # noqa: E402
 
-CONFIGS = [(128, 64, 4, 2), (64, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 2)]
+CONFIGS = [(128, 64, 4, 2), (64, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 128, 4, 3), (256, 64, 8, 2)]
 
 
 def main() -> int:
@@ -42,10 +43,12 @@ def main() -> int:
     downs = (torch.randn(g, r, n, device=device) * 0.01).half().float()
     ranks = (r // 3, r // 3, r - 2 * (r // 3))                              # three LoRAs
     columns = torch.rand(g, len(ranks), device=device).repeat_interleave(torch.tensor(ranks, device=device), dim=1)
-    members = [batched.Member(w, t, ups[i], downs[i], ranks, (1.0,) * 3, exact=True)
-               for i, (w, t) in enumerate(zip(originals, targets))]
-    (group,), _ = batched.build_groups(members, fused=True)
-    selection = group.selection()
+    groups = {}
+    for kept in (torch.float16, torch.float32):   # factors as the engine keeps fp16 files' / widened
+        members = [batched.Member(w, t, ups[i].to(kept), downs[i].to(kept), ranks, (1.0,) * 3, exact=True)
+                   for i, (w, t) in enumerate(zip(originals, targets))]
+        (groups[kept],), _ = batched.build_groups(members, fused=True)
+    selection = groups[torch.float32].selection()
     nbytes = 2 * sum(w.numel() * w.element_size() for w in originals)
     flat_in = torch.cat([w.reshape(-1) for w in originals])
     flat_out = torch.empty_like(flat_in)
@@ -53,21 +56,28 @@ def main() -> int:
     print(f"{g} x {n}x{n} {args.dtype}, ranks {ranks}: weights read + written {nbytes / 1e9:.2f} GB; one copy "
           f"{copy_ms:.3f} ms = {nbytes / copy_ms / 1e6:.0f} GB/s")
     exact = [(w.double() + (ups[i].double() * columns[i].double()) @ downs[i].double()) for i, w in enumerate(originals[:4])]
-    for one_pass in (True, False):
+    blockwise = all(k % triton_fuse.BLOCK_K == 0 for k in ranks)
+    for kept, one_pass in ((torch.float16, True), (torch.float32, True), (torch.float32, False)):
+        group = groups[kept]
         group.exact = one_pass
-        mode = triton_fuse.precision(dtype, device, one_pass and all(k % triton_fuse.BLOCK_K == 0 for k in ranks))
+        mode = triton_fuse.precision(dtype, device, one_pass and blockwise)
+        if triton_fuse.native_half(group.ups, group.downs, originals[0], mode, blockwise):
+            mode = "fp16 factors"
+        elif kept != torch.float32:
+            continue   # fp32 weights: the kernel widens half factors, as the fp32 rows below do
         for config in CONFIGS:
             (triton_fuse.BLOCK_M, triton_fuse.BLOCK_N, triton_fuse.WARPS, triton_fuse.STAGES) = config
             run = lambda: batched.write(group, columns, None, selection)  # noqa: E731
             try:
                 ms = do_bench(run, return_mode="median")
             except Exception as error:  # a config the compiler refuses on this GPU
-                print(f"kernel {mode} BM={config[0]} BN={config[1]} warps={config[2]} stages={config[3]}: {error}")
+                print(f"kernel {mode:12s} BM={config[0]} BN={config[1]} warps={config[2]} stages={config[3]}: {error}")
                 continue
             ulps = max(float(((t.double() - e).abs() / (torch.finfo(dtype).eps * e.abs().clamp_min(1e-4))).max())
                        for t, e in zip(targets, exact))
-            print(f"kernel {mode:6s} BM={config[0]:3d} BN={config[1]:3d} warps={config[2]} stages={config[3]}: "
+            print(f"kernel {mode:12s} BM={config[0]:3d} BN={config[1]:3d} warps={config[2]} stages={config[3]}: "
                   f"{ms:.3f} ms = {nbytes / ms / 1e6:.0f} GB/s, {ms / copy_ms:.2f}x one copy; worst error {ulps:.2f} ulp")
+    group = groups[torch.float32]
     group.fused = False
     ms = do_bench(lambda: batched.write(group, columns), return_mode="median")
     print(f"batched products (torch): {ms:.3f} ms = {ms / copy_ms:.2f}x one copy")

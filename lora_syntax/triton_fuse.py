@@ -11,8 +11,9 @@ written once plus the small factors, which is the floor of a change point. The s
 once, as everywhere in the engine. fp16/bf16 weights use the matrix units in three-pass TF32 (``tf32x3``:
 each fp32 operand split in two, error near fp32's, far under the half-precision rounding that follows),
 or one TF32 pass where the factors are exact in TF32 (fp16/bf16 files) and each rank block's weight is
-applied to its fp32 product; fp32 weights use plain fp32 FMAs (``ieee``), so fp32 models see fp32
-arithmetic.
+applied to its fp32 product; factors kept in fp16 or bf16 then go into the matrix units as they are (the
+same exact products, summed in fp32, at half the registers). fp32 weights use plain fp32 FMAs (``ieee``),
+so fp32 models see fp32 arithmetic.
 
 Members are addressed through device arrays of their tensors' offsets from one base tensor, built once
 per group, so one launch covers tensors the model allocated separately, with vector-wide accesses. Without Triton (or off CUDA) :func:`available`
@@ -61,7 +62,8 @@ if triton is not None:
     @triton.jit
     def _fuse_group_kernel(base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
                            OUT: tl.constexpr, VECTOR: tl.constexpr, PRECISION: tl.constexpr,
-                           BLOCKWISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                           BLOCKWISE: tl.constexpr, NATIVE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                           BK: tl.constexpr):
         member = tl.load(selection + tl.program_id(1))
         tile = tl.program_id(0)
         tiles_n = tl.cdiv(cols, BN)
@@ -83,9 +85,12 @@ if triton is not None:
         for k0 in tl.range(0, rank, BK):
             kk = k0 + rk
             u = tl.load(up_base + rm[:, None] * rank + kk[None, :],
-                        mask=(rm[:, None] < rows) & (kk[None, :] < rank), other=0.0).to(tl.float32)
+                        mask=(rm[:, None] < rows) & (kk[None, :] < rank), other=0.0)
             d = tl.load(down_base + kk[:, None] * cols + rn[None, :],
-                        mask=(kk[:, None] < rank) & (rn[None, :] < cols), other=0.0).to(tl.float32)
+                        mask=(kk[:, None] < rank) & (rn[None, :] < cols), other=0.0)
+            if not NATIVE:   # half factors multiplied as they are: exact products, summed in fp32
+                u = u.to(tl.float32)
+                d = d.to(tl.float32)
             if BLOCKWISE:   # the block lies in one term: its weight scales the block's fp32 product
                 acc += tl.dot(u, d, input_precision=PRECISION) * tl.load(column_base + k0)
             else:
@@ -128,11 +133,12 @@ def fuse_group(base: torch.Tensor, originals: torch.Tensor, targets: torch.Tenso
     _, rows, rank = ups.shape
     cols = downs.shape[2]
     blockwise = bool(ranks) and all(r % BLOCK_K == 0 for r in ranks)
+    mode = precision(base.dtype, base.device, exact and blockwise)
     grid = (triton.cdiv(rows, BLOCK_M) * triton.cdiv(cols, BLOCK_N), selection.numel())
     _fuse_group_kernel[grid](base, originals, targets, ups, downs, columns, selection, rows, cols, rank,
                              OUT=_TRITON_DTYPES[base.dtype], VECTOR=ALIGNMENT // base.element_size(),
-                             PRECISION=precision(base.dtype, base.device, exact and blockwise),
-                             BLOCKWISE=blockwise, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K,
+                             PRECISION=mode, BLOCKWISE=blockwise,
+                             NATIVE=native_half(ups, downs, base, mode, blockwise), BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K,
                              num_warps=WARPS, num_stages=STAGES)
 
 
@@ -145,6 +151,16 @@ def precision(dtype: torch.dtype, device: torch.device, exact_in_tf32: bool) -> 
             or torch.cuda.get_device_capability(device) < (8, 0)):
         return "ieee"
     return "tf32" if exact_in_tf32 else "tf32x3"
+
+
+def native_half(ups: torch.Tensor, downs: torch.Tensor, base: torch.Tensor, mode: str, blockwise: bool) -> bool:
+    """Whether half factors go into the matrix units as they are, where one TF32 pass would take them
+    widened (each rank block weighted after its product): fp16 x fp16 and bf16 x bf16 products are exact
+    in fp32 as TF32's are, and summed in fp32, at half the registers and twice the matrix rate. Also under
+    Triton's interpreter, so that the tests run this variant. fp32 weights keep fp32 FMAs."""
+    if not blockwise or ups.dtype != downs.dtype or ups.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return mode == "tf32" or (base.device.type == "cpu" and base.dtype != torch.float32)
 
 
 def disable(error: BaseException) -> str:

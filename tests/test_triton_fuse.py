@@ -70,6 +70,46 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
 
 
+@needs_interpreter
+def test_half_factors_go_into_the_dot_as_they_are_with_the_same_result_as_widened_ones():
+    script = """
+import torch
+from lora_syntax import triton_fuse
+torch.manual_seed(1)
+G, M, N, ranks = 3, 70, 150, (32, 64)   # rank blocks of BLOCK_K: each block's weight after its product
+R = sum(ranks)
+for dtype in (torch.float16, torch.bfloat16):
+    w0 = [torch.randn(M, N).to(dtype) for _ in range(G)]
+    ups, downs = (torch.randn(G, M, R) * 0.3).to(dtype), (torch.randn(G, R, N) * 0.3).to(dtype)
+    columns = torch.rand(G, R)
+    for g in range(G):   # one weight per term, as the engine's columns are
+        columns[g, :32], columns[g, 32:] = columns[g, 0], columns[g, 32]
+    assert triton_fuse.native_half(ups, downs, w0[0], "ieee", True)
+    assert not triton_fuse.native_half(ups.float(), downs.float(), w0[0], "ieee", True)
+    assert not triton_fuse.native_half(ups, downs, w0[0], "ieee", False)
+    written = {}
+    for kept in (dtype, torch.float32):   # as they are, and widened to fp32 (one TF32-exact pass)
+        out = [torch.empty(M, N, dtype=dtype) for _ in range(G)]
+        triton_fuse.fuse_group(w0[0], triton_fuse.offsets(w0, w0[0]), triton_fuse.offsets(out, w0[0]),
+                               ups.to(kept), downs.to(kept), columns, torch.tensor([0, 1, 2]), ranks=ranks,
+                               exact=True)
+        written[kept] = out
+    for g in range(G):
+        # both are fp32 sums of exact products, in another order: a rare last-bit tie may round apart
+        same = (written[dtype][g] == written[torch.float32][g]).double().mean()
+        assert same > 0.999, (dtype, g, float(same))
+        exact = w0[g].double() + (ups[g].double() * columns[g].double()) @ downs[g].double()
+        ulp = torch.finfo(dtype).eps * exact.abs()
+        assert ((written[dtype][g].double() - exact).abs() <= 0.5 * ulp + 1e-5).all(), (dtype, g)
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    prelude = "from helpers_triton import patch_interpreter; patch_interpreter()\n"
+    done = subprocess.run([sys.executable, "-c", prelude + script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
+
+
 def test_factors_lying_side_by_side_are_stacked_without_a_copy():
     flat = torch.arange(5 * 6 * 4, dtype=torch.float32)
     views = [flat[i * 24:(i + 1) * 24].view(6, 4) for i in range(5)]
