@@ -161,6 +161,14 @@ def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTar
     return module
 
 
+def _fit_key(module: torch.nn.Module, stack: ModuleStack) -> tuple:
+    """What a term's shape check depends on: the module, its weight's shape and bias size, and the adapter
+    objects (the library hands out one per loaded file; ids, valid while the patcher holds the objects)."""
+    bias = getattr(module, "bias", None)
+    return (id(module), tuple(module.weight.shape), bias.numel() if isinstance(bias, torch.Tensor) else None,
+            tuple(id(term.adapter) for term in stack.terms))
+
+
 def _check_term(module: torch.nn.Module, term: Term, where: str) -> None:
     """Shape-check a term against its module without touching the module (meta tensors where possible)."""
     try:
@@ -225,21 +233,28 @@ class Patcher:
         self._factors: dict[tuple, _Slot] = {}  # the last stack's slots by module and adapters: their factors
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
+        # the last stack's modules whose terms passed the shape check: by module, what was checked (ids) and
+        # the objects themselves (held, so that the ids stay theirs); the next load of the same LoRAs skips it
+        self._fitted: dict[tuple[str, str], tuple[tuple, tuple]] = {}
 
     # -- stack -----------------------------------------------------------------------------
     @collector_paused()
     def load(self, stacks: Iterable[ModuleStack]) -> None:
         """Validate ``stacks`` in full, then make them the active stack (no weight is written here)."""
         stacks = tuple(stacks)
-        resolved, index = {}, {}
+        resolved, index, fitted = {}, {}, {}
         for stack in stacks:
             key = (stack.target.component, stack.target.module)
             if key in resolved:
                 raise LoraApplyError(f"two stacks aim at {key[0]}.{key[1]}; merge their terms into one ModuleStack.")
             where = f"{key[0]}.{key[1]}"
             module = _resolve_module(self.components, stack.target, stack.terms[0].name if stack.terms else "?", index)
-            for term in stack.terms:
-                _check_term(module, term, where)
+            checked = _fit_key(module, stack)
+            held = self._fitted.get(key)
+            if held is None or held[0] != checked:
+                for term in stack.terms:
+                    _check_term(module, term, where)
+            fitted[key] = (checked, (module, *(term.adapter for term in stack.terms)))
             resolved[key] = (stack, module)
         old = self._slots
         try:
@@ -265,6 +280,7 @@ class Patcher:
         except BaseException as err:
             self.restore()
             raise _wrap(err, "preparing the LoRA factors") from err
+        self._fitted = fitted
 
     def _prepare_factors(self) -> None:
         """Give every slot its factors, on its module's device, now rather than at the first apply: taken
@@ -341,6 +357,7 @@ class Patcher:
     def release_factors(self) -> None:
         """Drop the factors kept from the last stack (what :meth:`restore` keeps for the next load)."""
         self._factors = {}
+        self._fitted = {}
 
     @property
     def factor_bytes(self) -> int:

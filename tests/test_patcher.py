@@ -367,3 +367,32 @@ def test_both_half_precision_write_paths_round_the_same_fp32_sum(dtype):
     low_rank_into(w0, up, down, 0.7, by_copy, half_by_add=False)   # the CPU way
     reference = (w0.float() + 0.7 * (up @ down)).to(dtype)
     assert torch.equal(by_add, reference) and torch.equal(by_copy, reference)
+
+
+def test_the_next_load_of_the_same_loras_skips_the_shape_check_and_a_changed_one_redoes_it(monkeypatch):
+    net = Net()
+    same = [stack("a", Term("x", lora(6, 8, seed=1), (0.5,))), stack("b", Term("y", lora(4, 6, seed=2), (1.0,)))]
+    checked = []
+    real = LoraAdapter.check_fits
+    monkeypatch.setattr(LoraAdapter, "check_fits", lambda self, shape: checked.append(tuple(shape)) or real(self, shape))
+    patcher = Patcher({"net": net})
+    patcher.load(same)
+    assert checked == [(6, 8), (4, 6)]
+    patcher.apply(1)
+    patcher.restore()
+    patcher.load(same)                        # the next generation: same adapter objects, same modules
+    assert len(checked) == 2
+    patcher.restore()
+    other = [same[0], stack("b", Term("y", lora(4, 6, seed=3), (1.0,)))]   # a new adapter on b
+    patcher.load(other)
+    assert checked[2:] == [(4, 6)]
+    patcher.release_factors()                 # what was checked goes with the kept factors
+    patcher.load(other)
+    assert checked[3:] == [(6, 8), (4, 6)]
+    wrong = stack("b", Term("z", lora(4, 7, seed=4), (1.0,)))
+    with pytest.raises(LoraShapeError, match="'z'"):
+        patcher.load([same[0], wrong])        # a is skipped; b is checked and refused
+    assert checked[5:] == [(4, 6)]
+    patcher.restore()
+    patcher.load(other)                       # the failed load left what was checked before as it was
+    assert len(checked) == 6
