@@ -99,6 +99,8 @@ class _Slot:
 
     stack: ModuleStack
     module: torch.nn.Module
+    device: torch.device | None = None      # the weight's device at load: where the factors are prepared
+    changes_bias: bool = False              # some term has a bias delta (the module's bias is then owned too)
     weight: OwnedTensor | None = None
     bias: OwnedTensor | None = None
     low_up: torch.Tensor | None = None      # (out, sum r) concatenated up factors, fp32 (accelerator: maybe half)
@@ -128,7 +130,7 @@ class _Slot:
 def _factor_key(slot: _Slot) -> tuple:
     """Slots with one key have the same factors: one module, on one device, and the same adapter objects
     (the library hands out one object per loaded file, so a stack used again meets the same ones)."""
-    return (slot.stack.target.component, slot.stack.target.module, slot.module.weight.device,
+    return (slot.stack.target.component, slot.stack.target.module, slot.device,
             tuple(id(term.adapter) for term in slot.stack.terms))
 
 
@@ -139,8 +141,8 @@ def _room_for_factors(slots: Iterable[_Slot]) -> bool:
 
 
 def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str,
-                    index: dict[str, dict[str, torch.nn.Module] | None]) -> torch.nn.Module:
-    """The module ``target`` names. ``index`` holds each plain component's modules by name, built on first
+                    index: dict[str, dict[str, torch.nn.Module] | None]) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module ``target`` names, and its weight. ``index`` holds each plain component's modules by name, built on first
     use by one walk (a lookup per target instead of a walk down the path)."""
     component = components.get(target.component)
     if component is None:
@@ -155,17 +157,18 @@ def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTar
     except (AttributeError, KeyError):
         raise LoraApplyError(f"LoRA {name!r} patches {target.component}.{target.module}, which does not exist in "
                              "this model; the LoRA was made for another model or architecture.") from None
-    if not isinstance(getattr(module, "weight", None), torch.Tensor):
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
         raise LoraApplyError(f"LoRA {name!r} patches {target.component}.{target.module}, a "
                              f"{type(module).__name__} without a weight; the LoRA does not fit this model.")
-    return module
+    return module, weight
 
 
-def _fit_key(module: torch.nn.Module, stack: ModuleStack) -> tuple:
+def _fit_key(module: torch.nn.Module, weight: torch.Tensor, stack: ModuleStack) -> tuple:
     """What a term's shape check depends on: the module, its weight's shape and bias size, and the adapter
     objects (the library hands out one per loaded file; ids, valid while the patcher holds the objects)."""
     bias = getattr(module, "bias", None)
-    return (id(module), tuple(module.weight.shape), bias.numel() if isinstance(bias, torch.Tensor) else None,
+    return (id(module), tuple(weight.shape), bias.numel() if isinstance(bias, torch.Tensor) else None,
             tuple(id(term.adapter) for term in stack.terms))
 
 
@@ -233,9 +236,10 @@ class Patcher:
         self._factors: dict[tuple, _Slot] = {}  # the last stack's slots by module and adapters: their factors
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._step: int | None = None
-        # the last stack's modules whose terms passed the shape check: by module, what was checked (ids) and
-        # the objects themselves (held, so that the ids stay theirs); the next load of the same LoRAs skips it
-        self._fitted: dict[tuple[str, str], tuple[tuple, tuple]] = {}
+        # the last stack's modules whose terms passed the shape check: by module, what was checked (ids), the
+        # objects themselves (held, so that the ids stay theirs) and whether a term changes the bias; the
+        # next load of the same LoRAs skips the check
+        self._fitted: dict[tuple[str, str], tuple[tuple, tuple, bool]] = {}
 
     # -- stack -----------------------------------------------------------------------------
     @collector_paused()
@@ -248,14 +252,17 @@ class Patcher:
             if key in resolved:
                 raise LoraApplyError(f"two stacks aim at {key[0]}.{key[1]}; merge their terms into one ModuleStack.")
             where = f"{key[0]}.{key[1]}"
-            module = _resolve_module(self.components, stack.target, stack.terms[0].name if stack.terms else "?", index)
-            checked = _fit_key(module, stack)
+            module, weight = _resolve_module(self.components, stack.target, stack.terms[0].name if stack.terms else "?",
+                                             index)
+            checked = _fit_key(module, weight, stack)
             held = self._fitted.get(key)
             if held is None or held[0] != checked:
                 for term in stack.terms:
                     _check_term(module, term, where)
-            fitted[key] = (checked, (module, *(term.adapter for term in stack.terms)))
-            resolved[key] = (stack, module)
+                held = (checked, (module, *(term.adapter for term in stack.terms)),
+                        any(term.adapter.bias_delta() is not None for term in stack.terms))
+            fitted[key] = held
+            resolved[key] = (stack, module, weight.device, held[2])
         old = self._slots
         try:
             with torch.no_grad():
@@ -266,9 +273,9 @@ class Patcher:
             raise _wrap(err, "restoring modules the new stack no longer touches") from err
         self._slots = {}
         self._groups = None
-        for key, (stack, module) in resolved.items():
+        for key, (stack, module, device, changes_bias) in resolved.items():
             previous = old.get(key)
-            slot = _Slot(stack, module)
+            slot = _Slot(stack, module, device, changes_bias)
             if previous is not None and previous.module is module:
                 slot.weight, slot.bias, slot.pristine = previous.weight, previous.bias, previous.pristine
                 if previous.stack == stack and not previous.grouped:
@@ -301,6 +308,11 @@ class Patcher:
     @property
     def stacks(self) -> tuple[ModuleStack, ...]:
         return tuple(slot.stack for slot in self._slots.values())
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        """The modules the loaded stack touches (resolved once, at :meth:`load`), in its order."""
+        return tuple(slot.module for slot in self._slots.values())
 
     def change_points(self) -> tuple[int, ...]:
         """Every 1-based step (> 1) at which some module's weights change."""
@@ -400,9 +412,8 @@ class Patcher:
         fresh = buffers([w for w, room in zip(weights, swapped) if room])
         for slot, weight, room in zip(pending, weights, swapped):
             slot.weight = OwnedTensor(weight, room, next(fresh) if room else None)
-            bias = getattr(slot.module, "bias", None)
-            if isinstance(bias, torch.Tensor) and any(t.adapter.bias_delta() is not None for t in slot.stack.terms):
-                slot.bias = OwnedTensor(bias, room)
+            if slot.changes_bias:   # the shape check made sure the module has a bias of that size
+                slot.bias = OwnedTensor(slot.module.bias, room)
 
     def _write_groups(self, step: int, rebuilt: bool = False) -> int:
         """Write the groups whose weights change at ``step``; return how many modules were written.

@@ -53,7 +53,8 @@ class Reweight:
 class RunTimings:
     """Seconds spent by the engine in one generation (filled in as the run goes)."""
 
-    load: float = 0.0          # resolving names and loading LoRA files (cached across runs)
+    load: float = 0.0          # resolving names, loading LoRA files (cached across runs), the per-module
+                               # stacks and their checks, and the restore guard: the host work around a write
     apply: float = 0.0         # writing the step-1 weights
     applied_modules: int = 0   # modules written for step 1 (0 when a kept run already holds them)
     reweights: list[Reweight] = field(default_factory=list)
@@ -196,15 +197,17 @@ class EngineSession:
                 start = time.perf_counter()
                 entries, merge_warnings = resolve_stack(plan, self.library, self.tree)
                 plan = plan.touching(touched_components(entries), self.components)
-                timings.load = time.perf_counter() - start
                 self.patcher.load(module_stacks(entries))
+                timings.load = time.perf_counter() - start
                 report = self.patcher.apply(1)
             except BaseException:
                 self.restore(timings)
                 raise
             timings.apply, timings.applied_modules = report.seconds, report.modules
             timings.backup_bytes = self.patcher.backup_bytes
+            start = time.perf_counter()
             self._guard()
+            timings.load += time.perf_counter() - start
             run = EngineRun(self, prompt, plan, tuple(dict.fromkeys((*plan.warnings, *merge_warnings))), timings)
             self.active = run
             return run
@@ -229,9 +232,8 @@ class EngineSession:
     def _guard(self) -> None:
         """Restore before any state-dict load reaches a patched module (checkpoint reloads, refiner swaps)."""
         self._unguard()
-        for stack in self.patcher.stacks:
-            module = self.patcher.components[stack.target.component].get_submodule(stack.target.module)
-            self._guards.append(module.register_load_state_dict_pre_hook(self._before_load))
+        hook = self._before_load
+        self._guards = [module.register_load_state_dict_pre_hook(hook) for module in self.patcher.modules]
 
     def _unguard(self) -> None:
         for handle in self._guards:

@@ -85,9 +85,13 @@ def module_stacks(entries: Iterable[StackEntry]) -> tuple[ModuleStack, ...]:
     terms: dict[tuple[str, str], list[Term]] = {}
     targets: dict[tuple[str, str], ModuleTarget] = {}
     for entry in entries:
+        by_block: dict[tuple[str, str | None], tuple[float, ...]] = {}   # a few blocks, hundreds of modules
         for patch in entry.loaded.patches:
             target = patch.target
-            weights = entry.weights(target.component, target.block)
+            where = (target.component, target.block)
+            weights = by_block.get(where)
+            if weights is None:
+                weights = by_block[where] = entry.weights(*where)
             if not any(weights):
                 continue
             adapter = patch.adapter.truncated(entry.dyn) if entry.dyn else patch.adapter

@@ -113,3 +113,14 @@ def test_a_state_dict_load_while_patched_lands_in_the_models_own_tensors(pipe, l
     assert not torch.equal(weight(pipe), fresh[f"{Q}.weight"])
     run.end()
     assert torch.equal(weight(pipe), fresh[f"{Q}.weight"])
+
+
+def test_the_guard_watches_every_patched_module_and_leaves_with_the_run(pipe, lora_dir):
+    session = session_for(pipe, [lora_dir])
+    run = session.start("x <lora:ink:1>", 4)
+    touched = session.patcher.modules
+    assert len(touched) > 1 and len(touched) == len(session.patcher.stacks)
+    assert all(len(m._load_state_dict_pre_hooks) == 1 for m in touched)
+    assert run.timings.load > 0
+    run.end()
+    assert not any(m._load_state_dict_pre_hooks for m in touched)
