@@ -142,8 +142,8 @@ def _room_for_factors(slots: Iterable[_Slot]) -> bool:
 
 def _resolve_module(components: Mapping[str, torch.nn.Module], target: ModuleTarget, name: str,
                     index: dict[str, dict[str, torch.nn.Module] | None]) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The module ``target`` names, and its weight. ``index`` holds each plain component's modules by name, built on first
-    use by one walk (a lookup per target instead of a walk down the path)."""
+    """The module ``target`` names, and its weight. ``index`` holds each plain component's modules by name,
+    built on first use by one walk (a lookup per target instead of a walk down the path)."""
     component = components.get(target.component)
     if component is None:
         raise LoraApplyError(f"LoRA {name!r} patches component {target.component!r}, which this pipeline does not "
