@@ -72,7 +72,7 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
     packed: dict[torch.device, list[tuple[Slot, list]]] = {}
     for slot in slots:
         terms = _low_rank_terms(slot)
-        device = slot.device if slot.device is not None else slot.module.weight.device
+        device = slot.device
         slot.low_terms = tuple(t[0] for t in terms)
         slot.low_ranks = tuple(t[1].shape[1] for t in terms)
         slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)

@@ -99,7 +99,7 @@ class _Slot:
 
     stack: ModuleStack
     module: torch.nn.Module
-    device: torch.device | None = None      # the weight's device at load: where the factors are prepared
+    device: torch.device                    # the weight's device at load: where the factors are prepared
     changes_bias: bool = False              # some term has a bias delta (the module's bias is then owned too)
     weight: OwnedTensor | None = None
     bias: OwnedTensor | None = None
