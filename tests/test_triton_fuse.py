@@ -27,6 +27,16 @@ needs_interpreter = pytest.mark.skipif(triton_fuse.triton is None or torch.cuda.
                                        reason="Triton is not installed, or CUDA runs the kernel natively")
 
 
+def run_in_interpreter(script: str) -> None:
+    """Run ``script`` in a fresh Python with Triton's interpreter on (patched as the tests' conftest does);
+    it must print ``ok``."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    prelude = "from helpers_triton import patch_interpreter; patch_interpreter()\n"
+    done = subprocess.run([sys.executable, "-c", prelude + script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
+
+
 @needs_interpreter
 def test_every_engine_check_passes_with_the_kernel_in_tritons_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -63,11 +73,7 @@ for dtype in (torch.float16, torch.float32):
             assert (out[g] == once).double().mean() > 0.999
 print("ok")
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    prelude = "from helpers_triton import patch_interpreter; patch_interpreter()\n"
-    done = subprocess.run([sys.executable, "-c", prelude + script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
+    run_in_interpreter(script)
 
 
 @needs_interpreter
@@ -103,11 +109,7 @@ for dtype in (torch.float16, torch.bfloat16):
         assert ((written[dtype][g].double() - exact).abs() <= 0.5 * ulp + 1e-5).all(), (dtype, g)
 print("ok")
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    prelude = "from helpers_triton import patch_interpreter; patch_interpreter()\n"
-    done = subprocess.run([sys.executable, "-c", prelude + script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr[-3000:]
+    run_in_interpreter(script)
 
 
 def test_factors_lying_side_by_side_are_stacked_without_a_copy():
