@@ -46,7 +46,7 @@ for name in $STEPS; do
     case $name in
         tests) tail -n 3 "$OUT/$name.log" ;;
         kernel) cat "$OUT/$name.log" ;;
-        *) grep -E "ratio|one copy of|floor|per image|engine, last|fixed cost|held by|kernel|path on|^SDXL|^sdxl|Model|Error|error" \
+        *) grep -E "ratio|one copy of|read again|floor|per image|engine, last|fixed cost|held by|kernel|path on|^SDXL|^sdxl|Model|Error|error" \
                "$OUT/$name.log" | grep -v -i "warn" ;;
     esac
 done
