@@ -148,7 +148,9 @@ class LoraPlan:
         if _is_text_encoder(component):
             return _scaled(self.group_weights["te"], self.block_multipliers.get("BASE", 1.0))
         group = _group_of(block)
-        if group is None:
+        if group is None:   # a module without a block id: the whole-denoiser weight, or 0 where lbw zeroes every block
+            if all(self.group_scale.get(g) == 0 for g in ("in", "mid", "out")):
+                return (0.0,) * self.steps
             return self.group_weights["unet"]
         vector = self.group_weights[group]
         return _scaled(vector, self.block_multipliers.get(block, 1.0))
@@ -234,7 +236,9 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     allowed = _allowed(tag)
     te_live = (allowed is None or not allowed.isdisjoint(TEXT_ENCODERS)) and lbw.group_scale["te"] != 0
     unet_live = (allowed is None or not allowed.isdisjoint(DENOISERS)) and not lbw.denoiser_zero
-    groups = (["te"] if te_live else []) + (["unet", "in", "mid", "out"] if unet_live else [])
+    # a block group lbw multiplies by 0 everywhere weighs nothing, whatever its schedule (is_zero, change points)
+    groups = (["te"] if te_live else []) + (["unet"] + [g for g in ("in", "mid", "out") if lbw.group_scale[g] != 0]
+                                            if unet_live else [])
     peaks, points, is_zero, in_order = _schedule_facts(schedules, groups, steps)
     if len(_CORES) >= _CORES_MAX:
         _CORES.clear()
@@ -291,6 +295,11 @@ def _schedule_notes(schedule: Schedule, label: str, steps: int) -> Iterator[str]
         elif before is not None and start <= previous:
             unordered.append((frame, start, before, previous))
         previous, before = start, frame
+    if late and schedule.interpolation == "lerp":   # the first late keyframe still sets the last ramp's slope
+        cut, late = late[0], late[1:]
+        yield (f"{label} keyframe {cut} is after the last step ({steps}): the ramp towards it is cut there and "
+               f"reaches {resolve(schedule, steps)[-1]:.3g} at step {steps}; to end the ramp on the last step, "
+               f"write its keyframe @{steps} or @100%")
     if late:
         what = (f"keyframe {late[0]} is" if len(late) == 1 else f"keyframes {_some(late)} are")
         yield (f"{label} {what} after the last step ({steps}): {'it never applies' if len(late) == 1 else 'they never apply'}; "
@@ -473,8 +482,24 @@ def _entry(lora: LoraPlan, group: str, touched: Touched) -> _StackEntry:
 
 
 def _group_peak(loras: tuple[LoraPlan, ...], group: str, steps: int, touched: Touched = None) -> tuple[float, int]:
-    """(largest total |weight| over the steps, the step it happens at) on one block group."""
-    entries = [_entry(lora, group, touched) for lora in loras]
+    """(largest total |weight| over the steps, the step it happens at) on one block group of one component:
+    tags limited to different components (``high`` and ``low``, ``module=text_encoder`` and
+    ``module=text_encoder_2``) do not add up."""
+    entries = [(lora.modules, _entry(lora, group, touched)) for lora in loras]
+    kind = TEXT_ENCODERS if group == "te" else DENOISERS
+    named = {c for modules, entry in entries if modules is not None and entry.peak for c in modules if c in kind}
+    if not named:   # every tag weighs on every component of the kind
+        return _summed_peak([entry for _, entry in entries], steps)
+    # the tags weighing on each named component; a set inside another cannot sum higher (|weights| add), so
+    # only the largest sets are summed: usually one, as when the unlimited tags plus one stage tag cover all
+    sets = {frozenset(i for i, (modules, entry) in enumerate(entries)
+                      if entry.peak and (modules is None or component in modules)) for component in named}
+    return max((_summed_peak([entries[i][1] for i in sorted(chosen)], steps)
+                for chosen in sets if not any(chosen < other for other in sets)), key=lambda found: found[0])
+
+
+def _summed_peak(entries: list[_StackEntry], steps: int) -> tuple[float, int]:
+    """(largest sum of the entries' |weight| over the steps, the step it happens at)."""
     bound = sum(entry.peak for entry in entries)
     if bound <= STACK_WARN_LEVEL:  # cannot exceed the level at any step: skip the per-step sums
         return bound, 1
@@ -524,14 +549,26 @@ def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int, touched: Touched = 
 
 
 def _duplicate_warnings(loras: tuple[LoraPlan, ...]) -> list[str]:
+    """A file named by several tags whose weights add up on some component (tags on separate components,
+    ``<lora:x:1:high> <lora:x:1:low>``, are how a two-stage model takes one LoRA, and do not add)."""
     counts = Counter(lora.name.casefold() for lora in loras)
     warnings = []
     for name, count in counts.items():
-        if count > 1:
+        if count > 1 and not _separate([lora.modules for lora in loras if lora.name.casefold() == name]):
             texts = _some([short_tag(l.tag.text) for l in loras if l.name.casefold() == name])
             warnings.append(f"LoRA '{name}' is used by {count} tags ({texts}); the engine applies the file "
                             f"once with their weights added")
     return warnings
+
+
+def _separate(selections: list[frozenset[str] | None]) -> bool:
+    """Whether tags limited to these components never share one."""
+    seen: set[str] = set()
+    for modules in selections:
+        if modules is None or not seen.isdisjoint(modules):
+            return False
+        seen.update(modules)
+    return True
 
 
 ParsedOrPrompt = Union[ParsedPrompt, str]

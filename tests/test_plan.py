@@ -278,3 +278,58 @@ def test_one_strong_lora_is_not_called_a_stack() -> None:
     assert "Stacked LoRAs" in alone.warnings[0] and "text encoders 2.50" in alone.warnings[0]
     quiet = build_plan("<lora:x:0.1> <lora:y:te=0:unet=1.7>", 10)
     assert quiet.warnings[0].startswith("total LoRA strength above 1.5: denoiser in blocks 1.80")
+
+
+def test_lbw_that_zeroes_a_group_makes_its_schedule_weigh_nothing() -> None:
+    """Regression: a block group multiplied by 0 everywhere still counted for is_zero and change points, so a
+    LoRA that does nothing over the run was loaded and fused; lbw=NONE gave 1.0 to modules without a block id."""
+    p = lora("<lora:x:0@0.429:mid=0.5@28%:lbw=INS>", 14, "sd15")
+    assert p.is_zero and p.change_points == ()
+    assert all(w == 0.0 for block in blocks.ARCH_BLOCKS["sd15"] for w in p.weights("unet", block))
+    p = lora("<lora:x:1:mid=0.5@5:lbw=INS>", 14, "sd15")
+    assert not p.is_zero and p.change_points == ()   # the mid change is multiplied by 0
+    p = lora("<lora:x:1:lbw=NONE>", 10, "sd15")
+    assert p.is_zero and p.weights("unet", None) == (0.0,) * 10 and p.weights("text_encoder", None) == (0.0,) * 10
+    assert lora("<lora:x:1:lbw=INS>", 10, "sd15").weights("unet", None) == (1.0,) * 10   # a live group: the unet weight
+
+
+@pytest.mark.parametrize("prompt,warned", [
+    ("<lora:a:1:high> <lora:b:1:low>", "text encoders 2.00"),        # both apply their text encoder parts
+    ("<lora:a:2:high> <lora:b:1:low>", "denoiser in blocks 2.00"),   # 2.0 on transformer alone
+    ("<lora:a:1:module=text_encoder> <lora:b:1:module=text_encoder_2>", None),
+    ("<lora:a:1:module=transformer> <lora:b:1:module=transformer_2>", None),
+    ("<lora:a:1:high> <lora:b:1>", "denoiser in blocks 2.00"),       # b applies to transformer too
+])
+def test_tags_on_separate_components_do_not_add_up_in_the_strength_warning(prompt: str, warned: str | None) -> None:
+    """Regression: the stack warning added each block group over every denoiser, so the per-stage tags the
+    docs recommend for two-transformer models warned "denoiser in blocks 2.00" with 1.0 on each."""
+    plan = build_plan(prompt, 20)
+    stack = [w for w in plan.warnings if "strength above" in w]
+    if warned is None:
+        assert not stack, plan.warnings
+    else:
+        assert len(stack) == 1 and warned in stack[0], plan.warnings
+    if prompt.startswith("<lora:a:1:high> <lora:b:1:low>"):
+        assert "denoiser" not in stack[0]
+
+
+def test_one_file_per_stage_is_not_a_duplicate_unless_it_adds_up_somewhere() -> None:
+    """The same file on separate components is how a two-stage model takes one LoRA: no "applied once with
+    their weights added", which stays for tags that do share a component (high/low share the text encoders)."""
+    separate = build_plan("<lora:w:1:module=transformer> <lora:w:0.5:module=transformer_2>", 20)
+    assert not any("used by 2 tags" in w for w in separate.warnings), separate.warnings
+    shared = build_plan("<lora:w:1:high> <lora:w:0.5:low>", 20)
+    assert any("used by 2 tags" in w for w in shared.warnings)
+    assert shared.loras[0].weights("text_encoder", None)[0] + shared.loras[1].weights("text_encoder", None)[0] == 1.5
+
+
+def test_lerp_keyframe_past_the_end_is_said_to_cut_the_ramp_not_to_never_apply() -> None:
+    """Regression: lerp(0@1,1@20) over 10 steps warned that @20 "never applies"; it sets the ramp's slope."""
+    plan = build_plan("<lora:x:lerp(0@1,1@20,0@30)>", 10)
+    cut, never = plan.warnings
+    assert "keyframe @20 is after the last step (10): the ramp towards it is cut there and reaches 0.474" in cut
+    assert "write its keyframe @10 or @100%" in cut
+    assert "keyframe @30 is after the last step (10): it never applies" in never
+    assert plan.loras[0].weights("unet")[-1] == pytest.approx(9 / 19)
+    switch = build_plan("<lora:x:0@1,1@20>", 10)
+    assert any("@20 is after the last step (10): it never applies" in w for w in switch.warnings)

@@ -64,7 +64,27 @@ CASES = [
     ("a <lora:ink:1:1:1:1>", ["too many positional values"], 19),
     ("a <lora:ink:hgh>", ["unexpected word 'hgh'", "did you mean 'high'"], 13),
     ("a <lora:ink:te=#>", ["unexpected '#'"], 16),
+    # a key written with ':' instead of '=' is told so, not "did you mean 'te'?" about 'te' itself
+    ("a <lora:ink:te:0.5>", ["'te' needs its value after '='", "write te=0.5"], 13),
+    ("a <lora:ink:LBW:INS>", ["'LBW' needs its value after '='", "write lbw=INS"], 13),
+    # pairs separated by ',' instead of ':' (pointing at the comma), and a decimal comma
+    ("a <lora:ink:te=0.5,unet=0.3>", ["'unet=' comes after a ','", "separate key=value pairs with ':'"], 19),
+    ("a <lora:ink:0,8>", ["'0,8' has a decimal comma; write 0.8"], 13),
+    ("a <lora:ink:te=1,5>", ["'1,5' has a decimal comma; write 1.5"], 16),
+    # a step no run reaches (and whose digits int() would refuse past 4,300)
+    ("a <lora:ink:1@100001>", ["bad schedule", "is past any sampling run (at most 100,000)"], 15),
 ]
+
+
+@pytest.mark.parametrize("prompt,words,column", [
+    ("a <lora:ink:1@" + "9" * 5000 + ">", ["bad schedule", "step '@99999999999999999...' is past any sampling run"], 15),
+    ("a <lora:ink:" + "lerp(" * 3000 + "0@0" + ")" * 3000 + ">", ["too many nested '('", "lerp(0@0,1@10)"], 17),
+])
+def test_pathological_tags_get_a_message_not_an_internal_error(prompt: str, words: list[str], column: int) -> None:
+    """Regression: a 5,000-digit step and 3,000 nested lerp( said "internal ValueError/RecursionError"."""
+    error = error_for(prompt)
+    assert all(word in str(error) for word in words) and "internal" not in str(error), str(error)[:300]
+    assert error.column == column and caret_column(error) == column
 
 
 @pytest.mark.parametrize("prompt,words,column", CASES)
@@ -129,3 +149,72 @@ def test_high_key_message_is_consistent_with_the_key_list() -> None:
     assert error.column == 9 and caret_column(error) == 9
     unknown = str(error_for("<lora:x:tee=1>"))
     assert "high" not in unknown  # the key list names keys only
+
+
+def caret_display_column(error: LoraSyntaxError) -> int:
+    """The 1-based screen column the caret is drawn at (tabs to the next multiple of 8, wide characters 2)."""
+    import unicodedata
+    caret_line = str(error).splitlines()[-1]
+    column = 0
+    for char in caret_line[:caret_line.index("^")]:
+        column = (column // 8 + 1) * 8 if char == "\t" else column + 1
+    return column - 2 + 1
+
+
+def display_column(line: str, index: int) -> int:
+    """The 1-based screen column where ``line[index]`` is drawn, as a terminal draws it."""
+    import unicodedata
+    column = 0
+    for char in "  " + line[:index]:
+        if char == "\t":
+            column = (column // 8 + 1) * 8
+        elif unicodedata.combining(char):
+            continue
+        else:
+            column += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return column - 2 + 1
+
+
+@pytest.mark.parametrize("prompt", ["猫の絵 <lora:墨絵:tee=1>", "ｆｕｌｌ <lora:x:tee=1>", "a 🐱 <lora:x:tee=1>",
+                                    "cafe\u0301 <lora:x:tee=1>", "a\t<lora:x:tee=1>", "\t\tb <lora:x:tee=1>"])
+def test_caret_sits_under_the_error_on_screen_after_wide_or_zero_width_characters(prompt: str) -> None:
+    """Regression: the caret was padded one space per character, so it drew left of the error after CJK,
+    full-width or emoji characters, and right of it after a combining accent; after a tab it was off too."""
+    error = error_for(prompt)
+    assert error.column == prompt.index("tee") + 1   # the column number counts characters
+    assert caret_display_column(error) == display_column(prompt, prompt.index("tee"))
+
+
+def test_long_prompt_without_tags_comes_back_unchanged() -> None:
+    """Regression: the 65,536-character limit is for prompts with LoRA tags; a longer prompt without any was
+    an error naming its first character as a tag, and the negative prompt got a false "tags removed"."""
+    from lora_syntax.plan import build_plan
+    from lora_syntax.syntax.parser import MAX_PROMPT_CHARS, strip_negative
+    prompt = "a cat, " * (MAX_PROMPT_CHARS // 7 + 10)
+    assert parse(prompt).prompt == prompt and not parse(prompt, on_error="skip").errors
+    assert build_plan(prompt, 20).prompt == prompt
+    assert strip_negative(prompt) == (prompt, None)
+    assert f"{len(prompt) + 10:,} characters" in str(error_for(prompt + "<lora:x:1>"))   # with a tag: still refused
+
+
+@pytest.mark.parametrize("prompt,clean,tag", [
+    ("a photo <lora:x:0.5, masterpiece, best quality", "a photo, masterpiece, best quality", "<lora:x:0.5"),
+    ("a <lora:x:te=0.1@1,0.6@6, masterpiece", "a, masterpiece", "<lora:x:te=0.1@1,0.6@6"),
+    ("a <lora:x:lerp(0@0, 1@10)", "a", "<lora:x:lerp(0@0, 1@10)"),
+    ("a <lora:x:0.5\nsecond line", "a\nsecond line", "<lora:x:0.5"),
+    ("<lora:x:0.5 <lora:y:1>, z", "z", "<lora:x:0.5"),
+])
+def test_unclosed_tag_in_skip_mode_removes_its_own_text_only(prompt: str, clean: str, tag: str) -> None:
+    """Regression: an unclosed tag ran to the next '<' or the end, so the web UI dropped the rest of the
+    prompt with it; it now ends at a line break or at a comma followed by a word (the next phrase)."""
+    parsed = parse(prompt, on_error="skip")
+    assert parsed.prompt == clean
+    (error,) = parsed.errors
+    assert error.tag == tag
+    assert f"close it with '>' after its last value ('{tag}>')" in str(error)
+
+
+@pytest.mark.parametrize("prompt,clean", [("a <lora:x>,", "a"), ("a <lora:x>, <lora:y>,", "a"),
+                                          ("a cat, <lora:x:1>,", "a cat"), ("a <lora:x> ,  ", "a")])
+def test_comma_dangling_at_the_end_is_dropped(prompt: str, clean: str) -> None:
+    assert parse(prompt).prompt == clean

@@ -65,6 +65,14 @@ def _number(item: RawItem, what: str) -> float:
     return value
 
 
+#: Largest step a keyframe may name (past it, no sampling run reaches it; it also bounds int() of the text).
+MAX_STEP = 100_000
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 20 else f"{text[:17]}..."
+
+
 def _frame(value: float, at: float, unit: str) -> Keyframe:
     """A checked keyframe, built without the dataclass ``__init__`` (see ``model.frozen``)."""
     return frozen(Keyframe, {"value": value, "at": at, "unit": unit})
@@ -80,6 +88,10 @@ def _keyframe(item: RawItem, what: str) -> Keyframe:
                              "bad schedule")
         return _frame(value, percent, "percent")
     if _STEP.fullmatch(at):
+        if len(at.lstrip("0")) > len(str(MAX_STEP)) or int(at) > MAX_STEP:   # no int() of 5,000 digits
+            raise TagProblem(f"bad schedule for {what}: step '@{_clip(at)}' is past any sampling run (at most "
+                             f"{MAX_STEP:,}); use a step of the run, or a fraction (0.5) or percentage (50%)",
+                             item.at_pos, "bad schedule")
         return _frame(value, float(int(at)), "step")
     if "." in at and "e" not in at.lower() and not at.startswith(("-", "+")):
         fraction = float(at)
@@ -117,6 +129,11 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
     if len(items) > MAX_KEYFRAMES:
         raise TagProblem(f"bad schedule for {what}: {len(items):,} keyframes; at most {MAX_KEYFRAMES:,} are "
                          f"allowed per weight (use lerp() for a ramp)", items[MAX_KEYFRAMES].pos, "bad schedule")
+    if (len(items) == 2 and all(i.kind == "number" and i.text.isdigit() for i in items)
+            and items[1].pos == items[0].pos + len(items[0].text) + 1):   # "0,8": a decimal comma
+        raise TagProblem(f"bad number for {what}: '{items[0].text},{items[1].text}' has a decimal comma; write "
+                         f"{items[0].text}.{items[1].text} (a ',' separates weight@step keyframes)", items[0].pos,
+                         "bad number")
     frames = []
     for item in items:
         if item.kind == "number":
@@ -192,8 +209,16 @@ def _named(arg: RawArg, fields: dict[str, object], seen: dict[str, int]) -> None
         fields[_FIELD.get(key, key)] = _schedule(arg.items, key)
 
 
+#: A value to show in "write key=value" advice (a weight for the weight keys).
+_EXAMPLE_VALUE = {"dyn": "8", "module": "unet", "lbw": "INS"}
+
+
 def _word_problem(word: str) -> str:
     """A bare word that is neither high nor low: a key without '=' most of the time."""
+    if word.lower() in KEYS:   # the key itself, its value in the next ':' field: <lora:x:te:0.5>
+        key = word.lower()
+        return (f"{word!r} needs its value after '=': write {key}={_EXAMPLE_VALUE.get(key, '0.5')} "
+                f"(<lora:NAME:{key}={_EXAMPLE_VALUE.get(key, '0.5')}>), not {word}:value")
     close = _did_you_mean(word, (*KEYS, *STAGES))
     if close.startswith(" (did you mean"):
         return f"unexpected word {word!r}{close} — keys need '=' (te=0.5)"

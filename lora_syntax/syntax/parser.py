@@ -48,6 +48,9 @@ def _parse_tag(tag_text: str) -> LoraTag | tuple[str, int]:
     """The tag (span relative to ``tag_text``), or (message, offset in ``tag_text``) for a bad one."""
     try:
         return _attempt(tag_text)
+    except RecursionError:   # thousands of nested '(': only lerp() takes parentheses, and keyframes inside
+        return ("too many nested '(': lerp() takes weight@step keyframes, not other calls, e.g. lerp(0@0,1@10)",
+                max(0, tag_text.find("(")))
     except Exception as error:  # noqa: BLE001 - the contract: any prompt gives LoraSyntaxError at worst
         return f"cannot read this tag (internal {type(error).__name__}: please report it)", 0
 
@@ -67,10 +70,17 @@ def _attempt(tag_text: str) -> LoraTag | tuple[str, int]:
         return f"cannot read this tag ({type(inner).__name__})", 0
 
 
-def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
-    """(start, end, closed) of every tag; an unclosed tag runs to the next '<' or the end.
+#: Where an unclosed tag's text ends at the latest: a line break, or a comma followed by a word (the prompt's
+#: next phrase: weights, keys and keyframes after a comma start with a digit, a sign or a dot).
+_UNCLOSED_END = re.compile(r"\n|,[ \t]*[^\W\d_]")
 
-    The next '>' and '<' are looked up again only when passed, so a long prompt stays linear."""
+
+def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
+    """(start, end, closed) of every tag. An unclosed tag runs to the next '<', line break, comma followed by a
+    word, or the end: what is removed with it is its own text, not the rest of the prompt.
+
+    The next '>' and '<' are looked up again only when passed, and an unclosed tag's end is searched for
+    only up to the next '<', so a long prompt stays linear."""
     found: list[tuple[int, int, bool]] = []
     close = reopen = -2
     for match in _OPEN.finditer(prompt):
@@ -84,7 +94,9 @@ def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
         if close >= 0 and (reopen < 0 or close < reopen):
             found.append((start, close + 1, True))
         else:
-            found.append((start, reopen if reopen >= 0 else len(prompt), False))
+            limit = reopen if reopen >= 0 else len(prompt)
+            end = _UNCLOSED_END.search(prompt, body, limit)
+            found.append((start, end.start() if end else limit, False))
     return found
 
 
@@ -95,6 +107,8 @@ def _join(left: str, right: str, final: bool) -> str:
     if stripped_right.startswith(",") and (not stripped_left.strip() or stripped_left.endswith((",", "\n"))):
         stripped_right = stripped_right[1:].lstrip(" \t")
         spaced = True
+    if final and stripped_right.strip() == ",":   # a comma dangling at the end: "a <lora:x>,"
+        stripped_right = ""
     if final and not stripped_right.strip() and stripped_left.endswith(","):
         stripped_left = stripped_left[:-1]
     if not stripped_left or not stripped_right:
@@ -117,8 +131,8 @@ def _one(prompt: str, start: int, end: int, closed: bool) -> LoraTag | LoraSynta
     text = prompt[start:end]
     if not closed:
         shown = text.rstrip()
-        return syntax_error(f"unclosed tag: no '>' after {shown!r}; close it with '>'", text=prompt,
-                            offset=start, tag=shown)
+        return syntax_error(f"unclosed tag: no '>' after {shown!r}; close it with '>' after its last value "
+                            f"({shown + '>'!r})", text=prompt, offset=start, tag=shown)
     result = _parse_tag(text)
     if isinstance(result, LoraTag):
         return result.with_position(text, (start, end))
@@ -127,11 +141,14 @@ def _one(prompt: str, start: int, end: int, closed: bool) -> LoraTag | LoraSynta
 
 
 def _over_limit(prompt: str, found: list[tuple[int, int, bool]]) -> LoraSyntaxError | None:
-    """The error for a prompt past :data:`MAX_PROMPT_CHARS` or :data:`MAX_TAGS` (None when within both)."""
+    """The error for a prompt with LoRA tags past :data:`MAX_PROMPT_CHARS` or :data:`MAX_TAGS` (None when
+    within both; a prompt without tags has nothing to parse and comes back unchanged, however long)."""
+    if not found:
+        return None
     if len(prompt) > MAX_PROMPT_CHARS:
         problem = (f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are read for LoRA "
                    "tags. Shorten it")
-        start = found[0][0] if found else 0
+        start = found[0][0]
     elif len(found) > MAX_TAGS:
         problem = f"the prompt has {len(found):,} LoRA tags; at most {MAX_TAGS} are allowed. Remove some"
         start = found[MAX_TAGS][0]

@@ -6,6 +6,8 @@ from the expected terminals) and end-of-input errors carry no usable column (we 
 
 from __future__ import annotations
 
+import unicodedata
+
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ..errors import LoraSyntaxError
@@ -46,6 +48,12 @@ def lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tu
     if isinstance(error, UnexpectedToken) and error.token.type != "$END":
         token = error.token
         pos = token.start_pos if token.start_pos is not None else len(tag_text) - 1
+        if str(token).lstrip().startswith("="):   # te=0.5,unet=0.3: a key after a comma, where pairs take ':'
+            comma = tag_text.rfind(",", 0, pos)
+            key = tag_text[comma + 1:pos].strip()
+            if comma >= 0 and key.isidentifier():
+                return (f"{prefix}'{key}=' comes after a ',': separate key=value pairs with ':' "
+                        f"(te=0.5:unet=0.3); a ',' separates keyframes of one weight"), comma
         shown = str(token).strip() or str(token)
         return f"{prefix}unexpected {shown!r}; expected {_expected(error)}", pos
     # UnexpectedEOF, or an UnexpectedToken at $END: Lark's column is unreliable, the end is ours.
@@ -61,6 +69,21 @@ def _line_at(text: str, offset: int) -> tuple[int, int, str]:
     return text.count("\n", 0, offset) + 1, offset - start, text[start:end]
 
 
+def _pad(text: str) -> str:
+    """Blank space as wide on screen as ``text``: a tab stays a tab, East Asian wide and full-width characters
+    take two columns, combining marks and zero-width characters none (a terminal or the UI's monospace text
+    draws them so; one space per character put the caret under the wrong character after CJK or emoji)."""
+    out = []
+    for char in text:
+        if char == "\t":
+            out.append("\t")
+        elif unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        else:
+            out.append("  " if unicodedata.east_asian_width(char) in ("W", "F") else " ")
+    return "".join(out)
+
+
 def caret_block(text: str, offset: int) -> str:
     """The line of ``text`` around ``offset`` (clipped to a window) with a ``^`` under it."""
     _, column, line = _line_at(text, offset)
@@ -68,7 +91,7 @@ def caret_block(text: str, offset: int) -> str:
     shown = line[left:left + _WINDOW]
     lead = "…" if left else ""
     tail = "…" if left + _WINDOW < len(line) else ""
-    return f"  {lead}{shown}{tail}\n  {' ' * (len(lead) + column - left)}^"
+    return f"  {lead}{shown}{tail}\n  {_pad(lead + line[left:column])}^"
 
 
 def _short(tag: str) -> str:
