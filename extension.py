@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 COMMANDS: dict[str, str] = {
@@ -19,6 +20,13 @@ COMMANDS: dict[str, str] = {
     "generate": "lora_syntax.commands.generate",
     "ui": "ui.app",
 }
+
+
+def _console_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """A warning as the commands print theirs ("warning: ..."), without the source file and line of code
+    Python shows by default (a duplicate LoRA alias, a library's notice)."""
+    return f"warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             commands.add_parser(name, help=f"(see `{name} --help`)")
     args = parser.parse_args(argv)
+    warnings.formatwarning = _console_warning
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.run(args) or 0)

@@ -55,5 +55,10 @@ class LoraShapeError(LoraFileError):
     """A LoRA tensor does not fit the module it targets."""
 
 
+class LoraFactorsError(LoraShapeError):
+    """A LoRA's own tensors do not fit each other (factors disagreeing on their rank): the file is damaged,
+    whatever model it is used with."""
+
+
 class LoraApplyError(LoraError):
     """Patching the model failed; the model has been restored to its original weights."""

@@ -19,7 +19,7 @@ import torch
 
 from .adapters.base import Adapter
 from .adapters.registry import build_adapter, sliced
-from .errors import ArchitectureMismatchError, LoraError, LoraFileError, LoraShapeError
+from .errors import ArchitectureMismatchError, LoraError, LoraFactorsError, LoraFileError, LoraShapeError
 from .formats import pick_dialect
 from .formats.base import Grouped, ModuleParams
 from .formats.peft import apply_adapter_metadata
@@ -222,6 +222,8 @@ def shape_fit(source: Path | str | Mapping[str, torch.Tensor], tree: ModelTree, 
         for params in read.grouped.modules:
             try:
                 _patch(params, tree, read.name, read.path)
+            except LoraFactorsError:
+                raise   # a damaged file, not one made for another model
             except LoraShapeError:
                 info = tree.get(params.target.component, params.target.module)
                 misfits.append(Misfit(f"{params.target.component}.{params.target.module}",

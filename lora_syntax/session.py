@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .errors import LoraError
+from .errors import LoraApplyError, LoraError
 from .keymaps.tree import TEXT_ENCODERS, ModelTree
 from .patcher import ApplyReport, Patcher
 from .plan import Plan, build_plan
@@ -181,6 +181,8 @@ class EngineSession:
 
     def plan(self, prompt: Any, steps: int) -> Plan:
         """The plan of ``prompt`` (text or a parsed prompt) for a ``steps``-step pass on this model."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:   # a LoraError, as the docs promise
+            raise LoraApplyError(f"steps must be a whole number of sampling steps, 1 or more, not {steps!r}.")
         return build_plan(prompt, steps, architecture=self.architecture)
 
     def start(self, prompt: Any, steps: int) -> EngineRun:

@@ -42,3 +42,23 @@ def test_compose_enlarges_tiles_with_nearest_neighbour():
 def test_cell_tags_are_the_prompt_tags():
     assert Cell("a red circle <lora:sepia:1>", "x").tags == "<lora:sepia:1>"
     assert Cell("a red circle", "x").tags == "(no LoRA)"
+
+
+def test_demo_refuses_an_output_it_cannot_write_before_rendering(tmp_path, capsys):
+    """Regression: a name without .png rendered the grid, then failed in Pillow with a traceback."""
+    (tmp_path / "folder.png").mkdir()
+    for out, message in ((tmp_path / "grid", "the grid is a PNG image"), (tmp_path / "grid.jpg", "ending in .png"),
+                         (tmp_path / "folder.png", "that is a folder")):
+        start = time.perf_counter()
+        assert extension.main(["demo", "--out", str(out), "--steps", "1"]) == 2
+        assert message in capsys.readouterr().err
+        assert time.perf_counter() - start < 5   # refused before the kit is loaded
+
+
+def test_demo_warns_when_its_stepwise_cells_change_after_the_last_step():
+    from lora_syntax.commands.demo import schedule_warnings
+
+    assert schedule_warnings(CELLS, 12) == []
+    found = schedule_warnings(CELLS, 2)
+    assert found and all("after the last step (2)" in w for w in found)
+    assert any("@7" in w for w in found)

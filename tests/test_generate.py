@@ -135,3 +135,99 @@ def test_out_with_another_suffix_is_refused_before_loading(tmp_path, monkeypatch
     monkeypatch.setattr(generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(LoraError, match=r"--out .*x\.gif: cannot write the generation parameters into a '\.gif' file"):
         generate.run(parse("a cat", "--out", str(tmp_path / "x.gif")))
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--out", "{tmp}/folder.png"], r"--out .*folder\.png: that is a folder"),
+    (["--out", "{tmp}/file/x.png"], r"'.*file' is a file, not a folder"),
+    (["--steps", "0"], r"--steps 0: need at least 1 sampling step"),
+    (["--steps", "-3"], r"--steps -3: need at least 1"),
+    (["--cfg", "inf"], r"--cfg inf: not a finite number"),
+    (["--cfg", "nan"], r"--cfg nan: not a finite number"),
+    (["--width", "33", "--height", "32"], r"--width 33: image sides are multiples of 8"),
+    (["--height", "-8"], r"--height -8: image sides are multiples of 8"),
+])
+def test_bad_options_are_refused_before_loading_with_a_message(options, message, tmp_path, monkeypatch):
+    """Regression: an unwritable --out failed with a traceback after the whole render (the image lost);
+    bad steps, a non-finite CFG and bad sizes failed with tracebacks from diffusers or the plan."""
+    from lora_syntax.errors import LoraError
+
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    argv = ["a cat", "--out", str(tmp_path / "ok.png"), *(o.format(tmp=tmp_path) for o in options)]
+    with pytest.raises(LoraError, match=message):
+        generate.run(parse(*argv))
+    assert not (tmp_path / "ok.png").exists()   # the check leaves no empty file behind
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--device", "bogus"], r"--device bogus: not a torch device"),
+    (["--model", "{tmp}"], r"--model .*: not a diffusers model folder \(it has no model_index\.json\)"),
+    (["--model", "{tmp}/page.safetensors"], r"--model .*page\.safetensors: not a readable safetensors checkpoint"),
+])
+def test_bad_model_or_device_is_a_message_not_a_traceback(options, message, tmp_path, capsys):
+    import extension
+
+    (tmp_path / "page.safetensors").write_text("<html>not a model</html>")
+    argv = ["generate", "a cat", "--steps", "1", "--out", str(tmp_path / "x.png"), *(o.format(tmp=tmp_path) for o in options)]
+    assert extension.main(argv) == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_cuda_device_without_cuda_is_a_message(tmp_path, capsys):
+    import torch
+
+    import extension
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert extension.main(["generate", "a", "--device", "cuda", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+
+
+def test_width_or_height_alone_keeps_the_other_side_of_the_model(model_and_loras, tmp_path, capsys):
+    """Regression: diffusers drops both sides when one is None, so --width alone rendered the default size."""
+    model, loras = model_and_loras
+    out = tmp_path / "w.png"
+    default = generate.default_size(generate.load_pipeline(model, device="cpu"))
+    assert generate.run(parse("a cat", "--model", str(model), "--lora-dir", str(loras), "--steps", "1",
+                              "--out", str(out), "--width", str(default[0] * 2))) == 0
+    assert Image.open(out).size == (default[0] * 2, default[1])
+    assert f"Size: {default[0] * 2}x{default[1]}" in Image.open(out).text["parameters"]
+
+
+def test_console_warnings_are_one_line_without_source():
+    """Library warnings (a duplicate alias...) print as the commands' own "warning: ..." lines."""
+    import extension
+
+    assert extension._console_warning(UserWarning("alias clash"), UserWarning, "/x/stack.py", 109) == \
+        "warning: alias clash\n"
+
+
+def test_api_generate_refuses_the_pipelines_step_argument():
+    from lora_syntax.errors import LoraApplyError, LoraError
+    from lora_syntax.hosts.diffusers import activate
+    from lora_syntax.hosts.diffusers import generate as api_generate
+
+    pipe = tiny_pipeline("sd15")
+    with pytest.raises(LoraApplyError, match=r"takes steps=N, not num_inference_steps=N"):
+        api_generate(pipe, "a cat", num_inference_steps=3)
+    for steps in (0, -1, 2.5, True):
+        with pytest.raises(LoraError, match="steps must be a whole number of sampling steps"):
+            with activate(pipe, "a cat", steps=steps):
+                pass
+
+
+def test_architecture_that_contradicts_the_pipeline_is_refused():
+    """Regression: --arch flux on an SD1.5 pipeline mapped its LoRAs with FLUX block ids, silently."""
+    from lora_syntax.errors import LoraError
+    from lora_syntax.keymaps.build import tree_from_pipeline
+
+    pipe = tiny_pipeline("sd15")   # a non-standard width: SD1.5 or SD2
+    for wrong in ("flux", "sdxl"):
+        with pytest.raises(LoraError, match=rf"architecture '{wrong}' was given, but this StableDiffusionPipeline is sd15 or sd2"):
+            tree_from_pipeline(pipe, wrong)
+    assert tree_from_pipeline(pipe, "sd2").architecture == "sd2"
+    with pytest.raises(LoraError, match="StableDiffusionXLPipeline is sdxl"):
+        tree_from_pipeline(tiny_pipeline("sdxl"), "sd15")

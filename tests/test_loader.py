@@ -153,3 +153,21 @@ def test_alpha_that_is_not_one_number_is_a_named_error_not_a_traceback() -> None
     state_dict = {**lora(ATTN, 640, 768), f"{ATTN}.alpha": torch.ones(2, 2)}
     with pytest.raises(LoraShapeError, match=r"'two'.*alpha should be a single number but has shape \(2, 2\)"):
         load_lora(state_dict, reference_tree("sd15"), name="two")
+
+
+def test_shape_fit_says_a_file_with_mismatched_factors_is_damaged_not_for_another_model(tmp_path):
+    """Regression: ``inspect`` counted a module whose own factors disagree on their rank as a misfit and
+    concluded "made for another model", sending the user after another base model for a corrupt file."""
+    from safetensors.torch import load_file, save_file
+
+    from lora_syntax import demo
+    from lora_syntax.errors import LoraFactorsError
+    from lora_syntax.keymaps.build import tree_from_model_dir
+    from lora_syntax.loader import shape_fit
+
+    tensors = load_file(str(demo.LORA_DIR / "zorbstar.safetensors"))
+    up = next(k for k in sorted(tensors) if k.endswith("lora_up.weight"))
+    tensors[up] = torch.zeros(tensors[up].shape[0], tensors[up].shape[1] + 2)
+    save_file(tensors, str(tmp_path / "rank.safetensors"))
+    with pytest.raises(LoraFactorsError, match="factors do not fit each other.*the file is damaged"):
+        shape_fit(tmp_path / "rank.safetensors", tree_from_model_dir(demo.MODEL_DIR, "sd15"))

@@ -218,3 +218,7 @@ def test_unclosed_tag_in_skip_mode_removes_its_own_text_only(prompt: str, clean:
                                           ("a cat, <lora:x:1>,", "a cat"), ("a <lora:x> ,  ", "a")])
 def test_comma_dangling_at_the_end_is_dropped(prompt: str, clean: str) -> None:
     assert parse(prompt).prompt == clean
+
+
+def test_percent_keyframe_is_quoted_with_its_percent_sign():
+    assert "'@1%' does not come after" in str(error_for("<lora:x:1@2%,0@1%>"))

@@ -71,3 +71,12 @@ def test_steps_outside_the_box_range_are_a_message(generator, typed) -> None:
     with pytest.raises(LoraError, match=rf"Steps must be a whole number from {STEPS_RANGE[0]} to {STEPS_RANGE[1]}"):
         generator.generate("a cat", "", typed, 0, 32, 32)
     assert check_steps(150.0) == 150 and check_steps("7") == 7
+
+
+@pytest.mark.parametrize("argv,message", [(["ui", "--port", "99999"], "--port 99999: a port is a number from 0 to 65535"),
+                                          (["ui", "--model", "/nonexistent/model"], "--model /nonexistent/model: no diffusers model")])
+def test_ui_refuses_bad_arguments_before_serving(argv, message, capsys) -> None:
+    import extension
+
+    assert extension.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -261,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
     """Start the app and serve until interrupted."""
     from lora_syntax.library import LoraLibrary
 
+    if not 0 <= args.port <= 65535:
+        raise LoraError(f"--port {args.port}: a port is a number from 0 to 65535 (default {DEFAULT_PORT}).")
+    if args.model is not None and not (Path(args.model).is_file() or (Path(args.model) / "model_index.json").is_file()):
+        raise LoraError(f"--model {args.model}: no diffusers model folder (with model_index.json) or checkpoint "
+                        "file there; pass one, or leave --model out for the demo model.")
     model_dir, lora_dirs = args.model, args.lora_dirs
     if model_dir is None or lora_dirs is None:
         from lora_syntax import demo

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import LoraFileError, LoraShapeError
+from ..errors import LoraFactorsError, LoraFileError, LoraShapeError
 
 
 def f32(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,5 +89,5 @@ def check_inner(kind: str, *pairs: tuple[str, torch.Tensor, int, str, torch.Tens
     """
     for name_a, a, axis_a, name_b, b, axis_b in pairs:
         if a.dim() <= axis_a or b.dim() <= axis_b or a.shape[axis_a] != b.shape[axis_b]:
-            raise LoraShapeError(f"{kind} factors do not fit each other: {name_a} {tuple(a.shape)} and "
+            raise LoraFactorsError(f"{kind} factors do not fit each other: {name_a} {tuple(a.shape)} and "
                                  f"{name_b} {tuple(b.shape)} must share a rank dimension; the file is damaged.")

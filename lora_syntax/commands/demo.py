@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import LoraError
+from .output import check_steps, check_writable, saved
 
 HELP = "Render a labelled grid of the demo LoRAs (alone, stacked, stepwise, block weights) with the built-in kit."
 DEFAULT_OUT = Path("out/demo-grid.png")
@@ -36,17 +37,37 @@ def run(args: argparse.Namespace) -> int:
     """Render every cell through the engine and save the grid; prints the file and the tags."""
     from ..demo.grid import CELLS, compose, render_cell
 
-    if args.steps < 1:
-        raise LoraError(f"--steps {args.steps}: need at least 1 sampling step.")
+    check_steps(args.steps)
+    if args.out.suffix.lower() != ".png":
+        raise LoraError(f"--out {args.out}: the grid is a PNG image; give a file name ending in .png "
+                        f"(e.g. {args.out.with_suffix('.png').name}).")
+    check_writable(args.out)
     start = time.time()
     pipe, lora_dir = _load_kit()
     seeds = [args.seed + k for k in range(SEEDS_PER_CELL)]
     images = [render_cell(pipe, cell, lora_dir, seeds, args.steps) for cell in CELLS]
     title = f"lora-syntax demo: tiny SD1.5-architecture model, seeds {seeds[0]}-{seeds[-1]}, {args.steps} steps"
     sheet = compose(CELLS, images, title=title)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(args.out, format="PNG")
+    except OSError as error:
+        raise saved(args.out) from error
     for index, cell in enumerate(CELLS, 1):
         print(f"{index:2d}. {cell.tags:<60} {cell.shows}")
+    for warning in schedule_warnings(CELLS, args.steps):
+        print(f"warning: {warning}")
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {len(CELLS)} cells) in {time.time() - start:.1f}s")
     return 0
+
+
+def schedule_warnings(cells, steps: int) -> list[str]:
+    """The plan's notes on each cell's schedules over ``steps`` (a keyframe past the last step: with few steps
+    a stepwise cell's caption describes a change that was not rendered)."""
+    from ..plan import build_plan
+
+    found = []
+    for index, cell in enumerate(cells, 1):
+        plan = build_plan(cell.prompt, steps)
+        found += [f"cell {index}: {w}" for w in plan.warnings if w not in plan.stack_warnings]
+    return found

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import LoraError
 from ..infotext import lora_summary  # one formula, shared with the web UIs
+from .output import check_finite, check_size, check_steps, check_writable, saved
 
 HELP = "Generate an image from a prompt with <lora:...> tags (diffusers folder or single-file model, offline)."
 DEFAULT_OUT = Path("lora-syntax.png")
@@ -70,15 +71,39 @@ def load_pipeline(model: str | Path | None, *, config: str | Path | None = None,
                             "`python extension.py demo` or pass --model DIR_OR_FILE.")
         model = model_dir
     path = Path(model).expanduser()
+    target = _device(device)
     if path.is_dir():
-        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        if not (path / "model_index.json").is_file():
+            raise LoraError(f"--model {model}: not a diffusers model folder (it has no model_index.json); pass a "
+                            "diffusers folder or a .safetensors checkpoint.")
+        try:
+            pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise LoraError(f"--model {model}: the model folder cannot be loaded ({err}); it is incomplete or "
+                            "damaged.") from err
     elif path.is_file():
         pipe = _single_file(path, config)
     else:
         raise LoraError(f"--model {model}: no such folder or file; pass a diffusers folder (with "
                         "model_index.json) or a .safetensors checkpoint.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return pipe.to(device)
+    return pipe.to(target)
+
+
+def _device(device: str | None) -> Any:
+    """The torch device ``--device`` names (default: CUDA when available), checked before a model is loaded."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        found = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise LoraError(f"--device {device}: not a torch device; use cpu, cuda or cuda:N.") from err
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise LoraError(f"--device {device}: this torch has no CUDA device (torch {torch.__version__}); use cpu.")
+    if found.type == "cuda" and (found.index or 0) >= torch.cuda.device_count():
+        raise LoraError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices.")
+    return found
 
 
 def _single_file(path: Path, config: str | Path | None) -> Any:
@@ -91,6 +116,15 @@ def _single_file(path: Path, config: str | Path | None) -> Any:
             raise LoraError(f"--config {config}: no model_index.json there; pass a diffusers folder of the same "
                             "architecture as the checkpoint.")
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", class_name)
+    if path.suffix.lower() == ".safetensors":   # a damaged or wrong file is said so, not "needs --config"
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:   # safetensors raises its own error types for a bad header
+            raise LoraError(f"--model {path}: not a readable safetensors checkpoint ({err}); the file is damaged "
+                            "or is not a model.") from err
     cls = getattr(diffusers, class_name, None)
     if cls is None or not hasattr(cls, "from_single_file"):
         raise LoraError(f"--config {config}: pipeline class {class_name} cannot load single files.")
@@ -180,8 +214,12 @@ def render(pipe: Any, args: argparse.Namespace, lora_dirs: list[Path], model: st
     with activate(pipe, args.prompt, lora_dirs=lora_dirs, steps=args.steps, negative_prompt=args.negative,
                   architecture=args.arch, library=library) as run:
         start = time.perf_counter()
+        width, height = args.width, args.height
+        if (width is None) != (height is None):   # diffusers drops both when one is missing: fill in the other
+            default_width, default_height = default_size(pipe)
+            width, height = width or default_width, height or default_height
         output = pipe(run.prompt, negative_prompt=run.negative_prompt, num_inference_steps=args.steps,
-                      guidance_scale=args.cfg, width=args.width, height=args.height,
+                      guidance_scale=args.cfg, width=width, height=height,
                       generator=torch.Generator("cpu").manual_seed(args.seed),
                       callback_on_step_end=run.callback, callback_on_step_end_tensor_inputs=run.callback_tensor_inputs)
         seconds = time.perf_counter() - start
@@ -213,6 +251,17 @@ def save_image(image: Any, path: Path, text: str) -> None:
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")  # EXIF's "Unicode" comment
     image.convert("RGB").save(path, format=kind, exif=exif.tobytes(), quality=95)
+
+
+def default_size(pipe: Any) -> tuple[int, int]:
+    """(width, height) the pipeline renders when given neither: its denoiser's sample size in pixels."""
+    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    unet = getattr(pipe, "unet", None)
+    sample = getattr(getattr(unet, "config", None), "sample_size", None) if unet is not None else None
+    sample = sample or getattr(pipe, "default_sample_size", None) or 64
+    if isinstance(sample, (tuple, list)):
+        return int(sample[1]) * scale, int(sample[0]) * scale
+    return int(sample) * scale, int(sample) * scale
 
 
 
@@ -250,6 +299,11 @@ def quiet_libraries() -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_out(args.out)  # before minutes of loading and sampling
+    check_writable(args.out)
+    check_steps(args.steps)
+    check_finite(args.cfg, "--cfg")
+    check_size(args.width, "--width")
+    check_size(args.height, "--height")
     quiet_libraries()
     model_dir, demo_loras = _demo_paths()
     lora_dirs = [Path(d) for d in args.lora_dir] if args.lora_dir else ([demo_loras] if demo_loras.is_dir() else [])
@@ -259,7 +313,10 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=False, desc="sampling")
     model = Path(args.model).name if args.model else "demo"
     rendered = render(pipe, args, lora_dirs, model)
-    save_image(rendered.image, args.out, rendered.infotext)
+    try:
+        save_image(rendered.image, args.out, rendered.infotext)
+    except OSError as error:
+        raise saved(args.out) from error
     for warning in rendered.run.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print_timings(load, rendered)

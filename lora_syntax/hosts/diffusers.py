@@ -193,6 +193,9 @@ def generate(pipe: Any, prompt: str, *, lora_dirs: Sequence[str | Path] = (), st
              library: Any = None, architecture: str | None = None, **pipe_kwargs: Any) -> Any:
     """One call: activate the prompt's stack, run the pipeline with its callback, restore; returns the
     pipeline's output. ``pipe_kwargs`` go to the pipeline (``negative_prompt``, ``generator``...)."""
+    if "num_inference_steps" in pipe_kwargs:   # the pipeline's own name: the plan and callback need the steps
+        raise LoraApplyError("generate() takes steps=N, not num_inference_steps=N: the LoRA schedule is planned "
+                             "over those steps, and the pipeline is run with them.")
     if "callback_on_step_end" in pipe_kwargs:
         raise LoraApplyError("generate() installs its own callback_on_step_end; use activate() and call your "
                              "callback from run.callback to combine them.")

@@ -52,12 +52,37 @@ def pipeline_architecture(pipe: object) -> str | None:
     return None
 
 
+def _possible_architectures(pipe: object) -> frozenset[str] | None:
+    """The families a pipeline can be: its class's, or for a Stable Diffusion pipeline with a UNet, the one its
+    cross-attention width names (SD1.5 or SD2 for the non-standard widths of tiny models); None when unknown."""
+    class_name = type(pipe).__name__
+    for fragment, architecture in PIPELINE_CLASSES:
+        if fragment in class_name:
+            if architecture is not None:
+                return frozenset({architecture})
+            unet = getattr(pipe, "unet", None)
+            if unet is None:
+                return None
+            width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+            return frozenset({UNET_WIDTHS[width]}) if width in UNET_WIDTHS else frozenset({"sd15", "sd2"})
+    return None
+
+
 def tree_from_pipeline(pipe: object, architecture: str | None = None) -> ModelTree:
     """The module tree of a diffusers pipeline's text encoders and denoiser.
 
     Label tiny or custom models explicitly (``architecture="sd15"``); otherwise it is read from the
-    pipeline class and, for Stable Diffusion 1/2 pipelines, the UNet's cross-attention width.
+    pipeline class and, for Stable Diffusion 1/2 pipelines, the UNet's cross-attention width. A label the
+    pipeline contradicts (``"flux"`` on a Stable Diffusion pipeline) is refused: its keys and block ids would
+    be mapped wrongly.
     """
+    if architecture is not None:
+        possible = _possible_architectures(pipe)
+        if possible is not None and architecture not in possible:
+            raise LoraError(f"architecture {architecture!r} was given, but this {type(pipe).__name__} is "
+                            f"{' or '.join(sorted(possible))}: its LoRA keys and block ids would be mapped wrongly. "
+                            "Leave the architecture out (it is read from the pipeline), or load a pipeline of that "
+                            "family.")
     architecture = architecture or pipeline_architecture(pipe)
     if architecture is None:
         raise LoraError(f"cannot tell the architecture of a {type(pipe).__name__}; pass architecture="

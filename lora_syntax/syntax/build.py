@@ -108,7 +108,7 @@ def _check_order(frames: list[Keyframe], items: tuple[RawItem, ...], what: str) 
         if frame.at is None:
             continue
         if frame.unit in last and frame.at <= last[frame.unit]:
-            raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '@{item.at}' does not "
+            raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '@{item.at}{'%' if item.percent else ''}' does not "
                              f"come after the previous one", item.at_pos, "bad schedule")
         last[frame.unit] = frame.at
 
