@@ -73,6 +73,10 @@ CASES = [
     ("a <lora:ink:te=1,5>", ["'1,5' has a decimal comma; write 1.5"], 16),
     # a step no run reaches (and whose digits int() would refuse past 4,300)
     ("a <lora:ink:1@100001>", ["bad schedule", "is past any sampling run (at most 100,000)"], 15),
+    # a grammar error inside module= or lbw= is labelled for that key, not "bad schedule"/"bad number"
+    ("a <lora:ink:module=te,>", ["bad module list", "write component names separated by ','"], 23),
+    ("a <lora:ink:module=,te>", ["bad module list"], 20),
+    ("a <lora:ink:lbw=>", ["bad lbw value", "a preset (lbw=INS)"], 17),
 ]
 
 

@@ -39,8 +39,31 @@ def _expected(error: UnexpectedInput) -> str:
     return " or ".join(words) if words else "something else"
 
 
+#: Keys whose value is not a weight: a grammar error inside it is labelled for the key, with what it takes
+#: (the parser state alone would call it a bad number or schedule).
+_VALUE_HINTS = {
+    "module": ("bad module list", "component names separated by ',' (module=unet or module=te,unet)"),
+    "lbw": ("bad lbw value", "a preset (lbw=INS) or block multipliers separated by ',' (lbw=1,0,1,...)"),
+}
+
+
+def _key_of_value(tag_text: str, pos: int) -> str | None:
+    """The key whose ``key=value`` holds offset ``pos`` of the tag, if any."""
+    start = tag_text.rfind(":", 0, pos) + 1
+    key, equals, _ = tag_text[start:pos].partition("=")
+    return key.strip().lower() if equals else None
+
+
 def lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tuple[str, int]:
     """Our message for a Lark error inside ``tag_text``, and the offset it points at."""
+    message, pos = _lark_problem(error, tag_text, label)
+    hint = _VALUE_HINTS.get(_key_of_value(tag_text, pos) or "")
+    if hint is not None:
+        message = f"{hint[0]}: {message.split(': ', 1)[-1] if label else message}; write {hint[1]}"
+    return message, pos
+
+
+def _lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tuple[str, int]:
     prefix = f"{label}: " if label else ""
     if isinstance(error, UnexpectedCharacters):
         pos = error.pos_in_stream
