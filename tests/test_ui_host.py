@@ -113,7 +113,9 @@ def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90.0) -> 
 def test_ui_command_serves_the_app_on_localhost(tmp_path) -> None:
     """``python extension.py ui`` end to end: arguments, library, launch; the page answers on 127.0.0.1."""
     port = free_port()
-    model = tmp_path / "no-model"  # the model loads on first Generate, so the page needs none to start
+    model = tmp_path / "model"  # the model loads on first Generate: the page starts on a folder that only looks like one
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
     server = subprocess.Popen([sys.executable, str(ROOT / "extension.py"), "ui", "--model", str(model),
                                "--lora-dir", str(sample_library(tmp_path / "loras")), "--port", str(port)],
                               cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
