@@ -61,7 +61,6 @@ def _demo_paths() -> tuple[Path, Path]:
 def load_pipeline(model: str | Path | None, *, config: str | Path | None = None, device: str | None = None) -> Any:
     """A diffusers pipeline from a folder (``from_pretrained``) or one checkpoint file (``from_single_file``),
     never touching the network."""
-    import torch
     from diffusers import DiffusionPipeline
 
     if model is None:
