@@ -55,19 +55,20 @@ def _key_of_value(tag_text: str, pos: int) -> str | None:
 
 
 def lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tuple[str, int]:
-    """Our message for a Lark error inside ``tag_text``, and the offset it points at."""
-    message, pos = _lark_problem(error, tag_text, label)
+    """Our message for a Lark error inside ``tag_text``, and the offset it points at: labelled with ``label``
+    (the error class), or for the key whose value holds the error, with what that key takes."""
+    problem, pos = _lark_problem(error, tag_text)
     hint = _VALUE_HINTS.get(_key_of_value(tag_text, pos) or "")
     if hint is not None:
-        message = f"{hint[0]}: {message.split(': ', 1)[-1] if label else message}; write {hint[1]}"
-    return message, pos
+        return f"{hint[0]}: {problem}; write {hint[1]}", pos
+    return (f"{label}: {problem}" if label else problem), pos
 
 
-def _lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> tuple[str, int]:
-    prefix = f"{label}: " if label else ""
+def _lark_problem(error: UnexpectedInput, tag_text: str) -> tuple[str, int]:
+    """The unlabelled message for a Lark error, and the offset it points at."""
     if isinstance(error, UnexpectedCharacters):
         pos = error.pos_in_stream
-        return f"{prefix}unexpected {tag_text[pos]!r}; expected {_expected(error)}", pos
+        return f"unexpected {tag_text[pos]!r}; expected {_expected(error)}", pos
     if isinstance(error, UnexpectedToken) and error.token.type != "$END":
         token = error.token
         pos = token.start_pos if token.start_pos is not None else len(tag_text) - 1
@@ -75,13 +76,13 @@ def _lark_problem(error: UnexpectedInput, tag_text: str, label: str | None) -> t
             comma = tag_text.rfind(",", 0, pos)
             key = tag_text[comma + 1:pos].strip()
             if comma >= 0 and key.isidentifier():
-                return (f"{prefix}'{key}=' comes after a ',': separate key=value pairs with ':' "
+                return (f"'{key}=' comes after a ',': separate key=value pairs with ':' "
                         f"(te=0.5:unet=0.3); a ',' separates keyframes of one weight"), comma
         shown = str(token).strip() or str(token)
-        return f"{prefix}unexpected {shown!r}; expected {_expected(error)}", pos
+        return f"unexpected {shown!r}; expected {_expected(error)}", pos
     # UnexpectedEOF, or an UnexpectedToken at $END: Lark's column is unreliable, the end is ours.
     assert isinstance(error, (UnexpectedEOF, UnexpectedToken))
-    return f"{prefix}the tag ends too early; expected {_expected(error)}", max(0, len(tag_text) - 1)
+    return f"the tag ends too early; expected {_expected(error)}", max(0, len(tag_text) - 1)
 
 
 def _line_at(text: str, offset: int) -> tuple[int, int, str]:
