@@ -25,7 +25,8 @@ class Progress:
         self.calls.append((value, desc))
 
 
-def test_first_run_says_loading_model_and_reports_the_total_time(generator) -> None:
+def test_first_run_says_loading_model_and_reports_the_total_time() -> None:
+    generator = Generator(demo.MODEL_DIR, [demo.LORA_DIR])   # its own: the first run loads the model
     progress = Progress()
     path, status, text = generator.generate("a blue circle <lora:sepia:1>", "", 2, 0, 32, 32, progress)
     assert progress.calls[0] == (0, "loading model") and progress.calls[-1] == ((2, 2), "step 2/2")
@@ -33,6 +34,8 @@ def test_first_run_says_loading_model_and_reports_the_total_time(generator) -> N
     total = float(status.split("Done in ")[1].split(" s")[0])
     sampling = float(status.split("(sampling ")[1].split(" s")[0])
     assert total >= sampling
+    again = generator.generate("a blue circle", "", 2, 0, 32, 32, Progress())[1]
+    assert "loading the model" not in again     # loaded once, said once
 
 
 def test_png_carries_the_same_infotext_as_generate(generator) -> None:

@@ -156,7 +156,8 @@ class Generator:
         steps = check_steps(steps)
         with self.lock:
             started = time.perf_counter()
-            if self.pipe is None and progress is not None:
+            first_run = self.pipe is None
+            if first_run and progress is not None:
                 progress(0, desc="loading model")
             pipe = self.load()
             loaded = time.perf_counter()
@@ -185,7 +186,7 @@ class Generator:
             total = time.perf_counter() - started
         names = ", ".join(esc(lora.name) for lora in run.plan.loras) or "none"  # Markdown shows HTML: escape
         notes = "".join(f"\n- {esc(w)}" for w in warnings)
-        load_note = f", loading the model {loaded - started:.1f} s" if loaded - started >= 0.05 else ""
+        load_note = f", loading the model {loaded - started:.1f} s" if first_run else ""
         status = (f"Done in {total:.1f} s (sampling {sampled - sampling:.1f} s{load_note}) · LoRAs: {names}"
                   f"{notes}{skipped_tags(parsed.errors)}")
         return path, status, text
