@@ -5,13 +5,14 @@ For the plain low-rank terms i of one module (weights m_i, scales s_i = alpha_i 
     U = [s_1 * up_1 | s_2 * up_2 | ...]   (out, sum r)      D = [down_1; down_2; ...]   (sum r, in*k)
     sum_i m_i * delta_i = (U * m) @ D     (m spread over each term's r columns)
 
-Each factor is written once: a module with a single plain LoRA keeps the file's fp32 tensors (``U`` is
-``up`` itself and its scale goes into the GEMM's ``alpha`` through ``low_scales``); several are written
-straight into their slices. Factors bound for an accelerator are packed per device and moved in one copy.
+Each factor is written once, into memory of the engine's own (never a view of the file's map,
+:func:`owned_copy`): a module with a single plain fp32 LoRA keeps a copy of ``up`` and ``down`` (its scale
+goes into the GEMM's ``alpha`` through ``low_scales``); several are written straight into their slices. Factors bound for an accelerator are packed per device and moved in one copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,39 @@ def _plain_factors(adapter: Adapter, shape: torch.Size) -> tuple[torch.Tensor, t
     return None if factors is None else (factors[0], factors[1], 1.0)
 
 
+def owned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` copied into memory of the engine's own. A file's tensors are views of its memory map
+    (:mod:`io`): a file rewritten in place while it is in use (a trainer saving an epoch over it) turns
+    them into pages that no longer exist, and the next read kills the whole process (SIGBUS). What the
+    engine keeps for a run's later writes must therefore not be such a view."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _owned_adapter(adapter: Adapter) -> Adapter:
+    """``adapter`` with every tensor (and nested adapter) copied by :func:`owned_copy`."""
+    changes = {}
+    for spec in dataclasses.fields(adapter):  # adapters are frozen dataclasses
+        value = getattr(adapter, spec.name)
+        if isinstance(value, torch.Tensor):
+            changes[spec.name] = owned_copy(value)
+        elif isinstance(value, Adapter) and dataclasses.is_dataclass(value):
+            changes[spec.name] = _owned_adapter(value)
+    return dataclasses.replace(adapter, **changes) if changes else adapter
+
+
+def _tensor_bytes(adapter: Adapter) -> int:
+    return sum(value.numel() * value.element_size() if isinstance(value, torch.Tensor) else _tensor_bytes(value)
+               for value in (getattr(adapter, spec.name) for spec in dataclasses.fields(adapter))
+               if isinstance(value, torch.Tensor) or isinstance(value, Adapter))
+
+
+def _owned_adapters(slot: Slot, low_terms: set[int]) -> tuple[Adapter, ...]:
+    """The adapters a write reads from (by term): those outside the GEMM, or with a bias change, copied
+    (:func:`owned_copy`); the GEMM's own read only the prepared factors, which are copies already."""
+    return tuple(term.adapter if index in low_terms and term.adapter.bias_delta() is None
+                 else _owned_adapter(term.adapter) for index, term in enumerate(slot.stack.terms))
+
+
 def _low_rank_terms(slot: Slot) -> list[tuple[int, torch.Tensor, torch.Tensor, float]]:
     shape = slot.module.weight.shape
     found = []
@@ -62,7 +96,8 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
     """Give each slot its concatenated factors ``U`` (out, sum r) and ``D`` (sum r, in*k), once.
 
     On the CPU every factor is written once: several terms go straight into their slice of ``U``/``D``
-    (scales folded into ``U``); a single fp32 term is used as it is (no copy). For an accelerator the
+    (scales folded into ``U``); a single fp32 term is copied as it is. Terms outside the GEMM get copies
+    of their adapters (``slot.adapters``). For an accelerator the
     file's tensors are copied to it as they are (no CPU pass over them: a host copy of a gigabyte of
     factors costs more than the copies) into one device tensor per device (in the files' half dtype
     when they share one, else fp32), the terms' scales kept apart
@@ -73,6 +108,9 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
     for slot in slots:
         terms = _low_rank_terms(slot)
         device = slot.device
+        slot.adapters = _owned_adapters(slot, {t[0] for t in terms})
+        slot.extra_bytes = sum(_tensor_bytes(adapter) for adapter, term in zip(slot.adapters, slot.stack.terms)
+                               if adapter is not term.adapter)
         slot.low_terms = tuple(t[0] for t in terms)
         slot.low_ranks = tuple(t[1].shape[1] for t in terms)
         slot.other_terms = tuple(i for i in range(len(slot.stack.terms)) if i not in slot.low_terms)
@@ -86,7 +124,7 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
             continue
         _, up, down, scale = terms[0]
         if len(terms) == 1 and up.dtype == down.dtype == torch.float32 and up.device == down.device == device:
-            slot.low_up, slot.low_down, slot.low_scales = up, down, (scale,)
+            slot.low_up, slot.low_down, slot.low_scales = owned_copy(up), owned_copy(down), (scale,)
         else:
             rank = sum(slot.low_ranks)
             slot.low_up = torch.empty(up.shape[0], rank, dtype=torch.float32)
@@ -99,7 +137,7 @@ def prepare_factors(slots: Sequence[Slot]) -> None:
                     part.mul_(scale)
                 slot.low_down[start:stop].copy_(down)
                 start = stop
-        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * 4
+        slot.extra_bytes += (slot.low_up.numel() + slot.low_down.numel()) * 4
     for device, items in packed.items():
         _move(device, items)
 
@@ -145,7 +183,7 @@ def _move(device: torch.device, items: list[tuple[Slot, list]]) -> None:
     for slot, terms in items:
         slot.low_scales = tuple(t[3] for t in terms)
         slot.low_exact = exact
-        slot.extra_bytes = (slot.low_up.numel() + slot.low_down.numel()) * moved.element_size()
+        slot.extra_bytes += (slot.low_up.numel() + slot.low_down.numel()) * moved.element_size()
 
 
 def _tf32_exact(values: torch.Tensor) -> bool:

@@ -86,10 +86,10 @@ def fuse(original: torch.Tensor, slot: _Slot, weights: Sequence[float],
         return w0.clone() if fused is None else fused
     fused = w0.clone() if fused is None else fused
     for index in slot.other_terms:
-        term, m = slot.stack.terms[index], weights[index]
-        if m != 0.0 and term.adapter.additive:
-            fused = fused + m * term.adapter.delta(w0).to(fused.device, torch.float32)
-    for term, m in zip(slot.stack.terms, weights):
-        if not term.adapter.additive and m != 0.0:
-            fused = term.adapter.patched(fused, m).to(torch.float32)
+        adapter, m = slot.adapters[index], weights[index]
+        if m != 0.0 and adapter.additive:
+            fused = fused + m * adapter.delta(w0).to(fused.device, torch.float32)
+    for adapter, m in zip(slot.adapters, weights):
+        if not adapter.additive and m != 0.0:
+            fused = adapter.patched(fused, m).to(torch.float32)
     return fused

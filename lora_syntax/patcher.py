@@ -110,6 +110,7 @@ class _Slot:
     low_scales: tuple[float, ...] = ()      # per low-rank term: its scale when not folded into low_up
     low_exact: bool = False                 # every factor is exact in TF32 (from fp16/bf16 files)
     other_terms: tuple[int, ...] = ()       # term indices outside the GEMM (other types, non-additive)
+    adapters: tuple[Adapter, ...] = ()      # by term: what a write reads (owned copies, factors.owned_copy)
     current: tuple[float, ...] | None = None
     extra_bytes: int = 0
     cached: bool = False
@@ -125,6 +126,7 @@ class _Slot:
         self.low_up, self.low_down, self.low_terms = other.low_up, other.low_down, other.low_terms
         self.low_ranks, self.low_scales, self.other_terms = other.low_ranks, other.low_scales, other.other_terms
         self.low_exact, self.extra_bytes, self.cached = other.low_exact, other.extra_bytes, True
+        self.adapters = other.adapters
 
 
 def _factor_key(slot: _Slot) -> tuple:
@@ -491,8 +493,8 @@ class Patcher:
         if slot.bias is not None:
             bias_target = slot.bias.target
             base = slot.bias.original.to(bias_target.device).float()
-            for term, m in zip(slot.stack.terms, weights):
-                delta = term.adapter.bias_delta()
+            for adapter, m in zip(slot.adapters, weights):
+                delta = adapter.bias_delta()
                 if delta is not None and m != 0.0:
                     base = base + m * delta.to(base.device, torch.float32).reshape(base.shape)
             bias_target.copy_(base)

@@ -238,7 +238,7 @@ def test_a_parameter_replaced_by_the_host_mid_run_gets_the_next_weights(device, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_factors_are_prepared_once_without_copies_on_the_cpu_and_moved_in_one_copy(device):
+def test_factors_are_prepared_once_as_copies_on_the_cpu_and_moved_in_one_copy(device):
     net = make_net(device, torch.float32)
     stacks = stacks_for(net, {"q": [(0.8,)], "k": [(0.8,), (0.5,)], "ff": [(0.6,), (0.6,), (0.2,)]})
     patcher = Patcher({"net": net}, grouped=False)
@@ -246,9 +246,10 @@ def test_factors_are_prepared_once_without_copies_on_the_cpu_and_moved_in_one_co
     patcher.apply(1)
     slots = {key[1]: slot for key, slot in patcher._slots.items()}
     single = stacks[0].terms[0].adapter
-    if device == "cpu":   # one fp32 LoRA: the file's tensors themselves, the scale in the GEMM's alpha
-        assert slots["q"].low_up.data_ptr() == single.up.data_ptr()
-        assert slots["q"].low_down.data_ptr() == single.down.data_ptr()
+    if device == "cpu":   # one fp32 LoRA: a copy of the file's tensors (never the file's map), the scale apart
+        assert slots["q"].low_up.data_ptr() != single.up.data_ptr() and torch.equal(slots["q"].low_up, single.up)
+        assert slots["q"].low_down.data_ptr() != single.down.data_ptr()
+        assert torch.equal(slots["q"].low_down, single.down) and slots["q"].low_scales == (single.scale,)
     else:                 # every module's factors in one device tensor: one host-to-device copy
         storages = {slot.low_up.untyped_storage().data_ptr() for slot in slots.values()}
         storages |= {slot.low_down.untyped_storage().data_ptr() for slot in slots.values()}
