@@ -245,10 +245,33 @@ def _core(tag: LoraTag, steps: int, architecture: str | None) -> _Core:
     shared: dict[tuple, _StackEntry] = {}
     stack = {group: _stack_entry(group, schedules[group], peaks[id(schedules[group])], steps, lbw, allowed,
                                  is_zero, shared) for group in GROUPS}
-    notes = () if in_order else _keyframe_notes(tag, steps)
+    notes = (() if in_order else _keyframe_notes(tag, steps)) + _unused_weight_notes(tag, allowed, steps)
     found = _CORES[key] = _Core(_Vectors(schedules, steps), lbw, allowed, points, is_zero, {}, stack, notes,
                                 lbw.fits and not notes)
     return found
+
+
+_DENOISER_KEYS = (("unet", "unet="), ("in_", "in="), ("mid", "mid="), ("out", "out="))
+
+
+def _unused_weight_notes(tag: LoraTag, allowed: frozenset[str] | None, steps: int) -> tuple[str, ...]:
+    """A non-zero ``te=`` on a tag whose ``module=`` leaves out every text encoder (or a denoiser weight on one
+    that leaves out the denoiser) changes nothing: say so rather than ignore it silently."""
+    if allowed is None:
+        return ()
+    chosen = f"module={','.join(tag.modules)}" if tag.modules is not None else str(tag.stage)
+    notes = []
+    if tag.te is not None and allowed.isdisjoint(TEXT_ENCODERS) and peak(tag.te, steps):
+        notes.append(f"te= has no effect: {chosen} leaves out every text encoder; remove te= or add te to "
+                     f"module=")
+    fields_of = tag.__dict__
+    unused = [label for name, label in _DENOISER_KEYS
+              if fields_of[name] is not None and peak(fields_of[name], steps)]
+    if unused and allowed.isdisjoint(DENOISERS):
+        keys = ", ".join(unused)
+        notes.append(f"{keys} {'has' if len(unused) == 1 else 'have'} no effect: {chosen} leaves out the denoiser; "
+                     f"remove {'it' if len(unused) == 1 else 'them'} or add unet to module=")
+    return tuple(notes)
 
 
 _SCHEDULE_FIELDS = (("strength", "strength"), ("te", "te="), ("unet", "unet="), ("in_", "in="), ("mid", "mid="),
@@ -550,24 +573,40 @@ def _stack_warnings(loras: tuple[LoraPlan, ...], steps: int, touched: Touched = 
 
 def _duplicate_warnings(loras: tuple[LoraPlan, ...]) -> list[str]:
     """A file named by several tags whose weights add up on some component (tags on separate components,
-    ``<lora:x:1:high> <lora:x:1:low>``, are how a two-stage model takes one LoRA, and do not add)."""
+    ``<lora:x:1:high> <lora:x:0.5:low:te=0>``, are how a two-stage model takes one LoRA, and do not add)."""
     counts = Counter(lora.name.casefold() for lora in loras)
     warnings = []
     for name, count in counts.items():
-        if count > 1 and not _separate([lora.modules for lora in loras if lora.name.casefold() == name]):
+        if count > 1 and not _separate([_weighed(lora) for lora in loras if lora.name.casefold() == name]):
             texts = _some([short_tag(l.tag.text) for l in loras if l.name.casefold() == name])
             warnings.append(f"LoRA '{name}' is used by {count} tags ({texts}); the engine applies the file "
                             f"once with their weights added")
     return warnings
 
 
-def _separate(selections: list[frozenset[str] | None]) -> bool:
-    """Whether tags limited to these components never share one."""
+def _weighed(lora: LoraPlan) -> frozenset[str]:
+    """The components ``lora`` gives a non-zero weight at some step: where a second tag of its file would add to
+    it (``te=0`` takes the text encoders out, as docs/syntax.md recommends for one tag of a high/low pair)."""
+    if lora.is_zero:
+        return frozenset()
+    kinds: list[str] = []
+    if lora._stack["te"].peak:
+        kinds += TEXT_ENCODERS
+    blocks_weigh = any(lora._stack[group].peak for group in ("in", "mid", "out"))
+    blockless_weigh = (not all(lora.group_scale.get(g) == 0 for g in ("in", "mid", "out"))
+                       and any(lora.group_weights["unet"]))   # modules without a block id take the unet weight
+    if blocks_weigh or blockless_weigh:
+        kinds += DENOISERS
+    return frozenset(kinds) if lora.modules is None else lora.modules.intersection(kinds)
+
+
+def _separate(selections: list[frozenset[str]]) -> bool:
+    """Whether no two of these component sets share a component."""
     seen: set[str] = set()
-    for modules in selections:
-        if modules is None or not seen.isdisjoint(modules):
+    for components in selections:
+        if not seen.isdisjoint(components):
             return False
-        seen.update(modules)
+        seen.update(components)
     return True
 
 

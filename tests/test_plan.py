@@ -333,3 +333,30 @@ def test_lerp_keyframe_past_the_end_is_said_to_cut_the_ramp_not_to_never_apply()
     assert plan.loras[0].weights("unet")[-1] == pytest.approx(9 / 19)
     switch = build_plan("<lora:x:0@1,1@20>", 10)
     assert any("@20 is after the last step (10): it never applies" in w for w in switch.warnings)
+
+
+@pytest.mark.parametrize("prompt", ["<lora:x:1:high> <lora:x:0.5:low:te=0>",
+                                    "<lora:x:1:high:te=0> <lora:x:0.5:low:te=0>",
+                                    "<lora:x:1:te=0> <lora:x:1:module=te>", "<lora:x:1> <lora:x:0>"])
+def test_a_component_a_tag_weighs_nothing_on_is_not_shared_by_a_duplicate(prompt: str) -> None:
+    """Regression: the high/low form docs/syntax.md recommends (te=0 on one tag, so the text encoders count once)
+    still warned "used by 2 tags ... weights added": components at weight 0 everywhere were counted as shared."""
+    plan = build_plan(prompt, 20)
+    assert not any("used by 2 tags" in w for w in plan.warnings), plan.warnings
+
+
+def test_a_duplicate_that_adds_up_on_one_component_still_warns() -> None:
+    plan = build_plan("<lora:x:1:high:te=0> <lora:x:0.5:low> <lora:x:0.2:module=text_encoder_2>", 20)
+    assert any("LoRA 'x' is used by 3 tags" in w for w in plan.warnings), plan.warnings
+
+
+def test_a_weight_on_a_component_module_leaves_out_is_said_to_have_no_effect() -> None:
+    """Regression: <lora:x:1:module=unet:te=0.5> ignored te= silently."""
+    assert build_plan("<lora:x:1:module=unet:te=0.5>", 20).warnings == (
+        "<lora:x:1:module=unet:te=0.5>: te= has no effect: module=unet leaves out every text encoder; remove te= "
+        "or add te to module=",)
+    assert build_plan("<lora:x:1:module=text_encoder:unet=0.5:in=1>", 20).warnings == (
+        "<lora:x:1:module=text_encoder:unet=0.5:in=1>: unet=, in= have no effect: module=text_encoder leaves out "
+        "the denoiser; remove them or add unet to module=",)
+    assert not build_plan("<lora:x:1:module=unet:te=0>", 20).warnings           # te=0 says what module= does
+    assert not build_plan("<lora:x:1:module=te,transformer:te=0.5>", 20).warnings

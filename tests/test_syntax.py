@@ -141,3 +141,13 @@ def test_dyn_zero_means_the_full_rank() -> None:
     assert caught.value.column == 13
     with pytest.raises(LoraSyntaxError, match="duplicate key 'dyn'"):
         parse("<lora:x:1:1:0:dyn=4>")
+
+
+def test_a_negative_zero_position_is_written_without_its_sign() -> None:
+    """The syntax takes no sign in a keyframe position ('@-0%' is refused); a Keyframe built in code with -0.0
+    still formats as a tag the parser reads back."""
+    from dataclasses import replace
+    tag = parse("<lora:x:1@0%,0@0.5>").tags[0]
+    frames = (Keyframe(1.0, -0.0, "percent"), Keyframe(0.0, 0.5, "fraction"))
+    assert format_tag(replace(tag, strength=Schedule(frames))) == "<lora:x:1@0%,0@0.5>" == format_tag(tag)
+    assert format_tag(replace(tag, strength=Schedule((Keyframe(1.0, -0.0, "fraction"),)))) == "<lora:x:1@0.0>"

@@ -226,3 +226,98 @@ def test_comma_dangling_at_the_end_is_dropped(prompt: str, clean: str) -> None:
 
 def test_percent_keyframe_is_quoted_with_its_percent_sign():
     assert "'@1%' does not come after" in str(error_for("<lora:x:1@2%,0@1%>"))
+
+
+BIG = "9" * 5000   # past the 4,300 digits Python's int() reads
+
+
+@pytest.mark.parametrize("prompt,words,column", [
+    ("a <lora:x:dyn=" + BIG + ">", ["bad number '999", "for dyn: a rank is at most 100,000"], 15),
+    ("a <lora:x:1:1:" + BIG + ">", ["bad number '999", "for dyn: a rank is at most 100,000"], 15),
+    ("a <lora:x:dyn=100001>", ["bad number '100001' for dyn: a rank is at most 100,000"], 15),
+    ("a <lora:x:1@" + "0" * 5000 + "100001>", ["bad schedule", "step '@00000000000000000...' is past any"], 13),
+    ("a <lora:x:1@" + BIG + "%>", ["bad schedule", "999...% is not between 0% and 100%"], 13),
+    ("a <lora:x:te=" + BIG + ">", ["bad number '999", "is not a finite number"], 14),
+])
+def test_numbers_of_thousands_of_digits_get_the_usual_message_at_the_number(prompt: str, words: list[str],
+                                                                             column: int) -> None:
+    """Regression: dyn= and leading-zero steps of 5,000 digits said "internal ValueError" at column 1 (int()
+    refuses strings past 4,300 digits)."""
+    error = error_for(prompt)
+    assert all(word in str(error) for word in words) and "internal" not in str(error), str(error)[:400]
+    assert error.column == column and caret_column(error) == column
+
+
+def test_leading_zeros_do_not_reach_int_and_keep_the_value() -> None:
+    assert parse("<lora:x:1@" + "0" * 5000 + "1>").tags[0].strength.keyframes[0].at == 1.0
+    assert parse("<lora:x:dyn=" + "0" * 5000 + "16>").tags[0].dyn == 16
+    assert parse("<lora:x:dyn=100000>").tags[0].dyn == 100_000
+    assert parse("<lora:x:1@0." + "0" * 5000 + "5>").tags[0].strength.keyframes[0].unit == "fraction"
+
+
+LONG = "n" * 60_000
+
+
+@pytest.mark.parametrize("prompt", [
+    "<lora:" + LONG,                                   # unclosed: its text was quoted twice, unclipped
+    "<lora:x:" + "1" * 5000 + ">", "<lora:x:1@" + "5" * 5000 + "%>", "<lora:x:dyn=" + BIG + ">",
+    "<lora:x:1@1" + "0" * 5000 + ".5>", "<lora:x:1@2,0@" + "0" * 5000 + "1>", "<lora:x:te=" + LONG + ">",
+    "<lora:x:" + LONG + "=1>", "<lora:x:" + LONG + ">", "<lora:x:module=" + LONG + ">", "<lora:x:lbw=" + LONG + ">",
+    "<lora:x:lbw=1,2," + LONG + ">", "<lora:x:" + LONG + "(0@0,1@1)>", "<lora:x:1," + "5" * 5000 + ">",
+    "<lora:x:1 " + "2" * 5000 + ">", "<lora:x:te=0.5," + "k" * 5000 + "=1>", "<lora:x:te=1@" + BIG + ".5>",
+])
+def test_messages_stay_short_whatever_the_length_of_the_tag(prompt: str) -> None:
+    """Regression: a 60,000-character unclosed tag gave a 120,300-character message; a 5,000-digit weight 10,300."""
+    error = error_for("a " + prompt)
+    problem, caret = "\n".join(str(error).splitlines()[:-2]), "\n".join(str(error).splitlines()[-2:])
+    assert len(problem) < 500 and len(caret) < 220, problem
+    assert "internal" not in problem
+
+
+def test_unclosed_long_tag_is_not_suggested_closed_with_a_clipped_copy() -> None:
+    message = str(error_for("<lora:" + LONG))
+    assert "no '>' after '<lora:nnn" in message and "...'; close it with '>' after its last value" in message
+    assert "...>" not in message
+
+
+def test_skip_mode_over_the_limits_cleans_a_long_prompt_in_linear_time() -> None:
+    """Regression: every removed tag copied the clean text so far: 15.7 s for 25,600 tags (2.7 MB)."""
+    import time
+    count = 25_600
+    started = time.perf_counter()
+    parsed = parse(("a" * 97 + " <lora:x> ") * count, on_error="skip")
+    assert time.perf_counter() - started < 1.0
+    assert parsed.prompt == " ".join(["a" * 97] * count)
+    assert not parsed.tags and "at most 65,536 are read" in str(parsed.errors[0])
+
+
+@pytest.mark.parametrize("position", ["@1e1%", "@1e1", "@-0%", "@-0", "@+5%", "@-0.5", "@5e-1"])
+def test_keyframe_positions_take_no_sign_or_exponent_in_any_unit(position: str) -> None:
+    """Regression: '@1e1%' was 10% and '@-0%' 0% (written back '-0%') while '@1e1' and '@-0' were refused."""
+    error = error_for(f"a <lora:x:1{position}>")
+    assert f"'{position}' is not a step (1, 2...), a fraction of the run (0.0-1.0) or a percentage (50%)" in str(error)
+    assert error.column == 13 and caret_column(error) == 13
+
+
+@pytest.mark.parametrize("position", ["nan", "nan%", "inf%", "-inf", "Infinity%"])
+def test_non_finite_keyframe_positions_say_not_a_finite_number(position: str) -> None:
+    """Regression: '@nan%' said "nan% is not between 0% and 100%" and '@nan' "is not a step"; docs/syntax.md
+    promises "'nan' is not a finite number" wherever a number goes."""
+    error = error_for(f"a <lora:x:1@{position}>")
+    assert f"'{position.rstrip('%')}' is not a finite number" in str(error), str(error)
+    assert error.column == 13 and caret_column(error) == 13
+
+
+def test_a_weight_times_its_lbw_multiplier_is_bounded_like_a_weight() -> None:
+    """Regression: <lora:a:9999:lbw=9999,1,...> was accepted, a text-encoder weight of 99,980,001 (half
+    precision overflows at 65,504: the reason for the ±10,000 limit)."""
+    ones = ",1" * 16
+    error = error_for("a <lora:a:9999:lbw=9999" + ones + ">")
+    assert ("bad lbw value '9999' for BASE: times the text-encoder weight 9999 it gives 99,980,001.00, past the "
+            "±10,000 a weight may reach") in str(error)
+    assert error.column == 20 and caret_column(error) == 20
+    error = error_for("a <lora:a:2:out=-5000:lbw=1,1,1,1,1,1,1,1,1,1,-3" + ones[:12] + ">")
+    assert "bad lbw value '-3' for OUT05: times the out-block weight 5000 it gives 15,000.00" in str(error)
+    assert error.column == 47 and caret_column(error) == 47
+    assert parse("<lora:a:100:lbw=100" + ",100" * 16 + ">").tags      # 10,000 exactly is allowed
+    assert parse("<lora:a:te=1:unet=9999:lbw=9999" + ones + ">").tags   # BASE multiplies te only

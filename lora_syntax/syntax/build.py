@@ -13,6 +13,7 @@ import re
 from .. import blocks
 from .grammar import RawArg, RawItem, RawTag
 from .model import BlockWeights, Keyframe, LoraTag, Schedule, frozen
+from .report import clip
 
 WEIGHT_KEYS = ("te", "unet", "in", "mid", "out", "hr", "hrte", "hrunet")
 KEYS = (*WEIGHT_KEYS, "dyn", "module", "lbw")
@@ -27,6 +28,10 @@ MAX_KEYFRAMES = 1024
 #: (65,504) for any usual LoRA, and 1e308 overflows even the fp32 sum.
 MAX_WEIGHT = 10_000.0
 _STEP = re.compile(r"\d+")
+#: A keyframe position in positional notation: digits with at most one '.', no sign, no exponent (a step,
+#: a fraction or a percentage: '@-0', '@1e1' and '@1e1%' are all refused alike).
+_POSITION = re.compile(r"\d+\.?\d*|\.\d+")
+_NON_FINITE = re.compile(r"[+-]?(?i:nan|inf(inity)?)")
 
 
 class TagProblem(Exception):
@@ -50,16 +55,17 @@ def _did_you_mean(word: str, options: tuple[str, ...]) -> str:
 
 
 def _number(item: RawItem, what: str) -> float:
+    shown = clip(item.text)
     if item.kind != "number" and item.kind != "keyframe":
-        raise TagProblem(f"bad number {item.text!r} for {what}: expected a number such as 0.8 or -1",
+        raise TagProblem(f"bad number {shown!r} for {what}: expected a number such as 0.8 or -1",
                          item.pos, "bad number")
-    value = float(item.text)
+    value = float(item.text)   # float() reads any number of digits (int() stops at 4,300)
     if not math.isfinite(value):
         # nan/inf/infinity lex as numbers (tags.lark) so that they get this message, like 1e999 does
-        raise TagProblem(f"bad number {item.text!r} for {what}: {item.text!r} is not a finite number; use a "
+        raise TagProblem(f"bad number {shown!r} for {what}: {shown!r} is not a finite number; use a "
                          f"number such as 0.8", item.pos, "bad number")
     if abs(value) > MAX_WEIGHT:
-        raise TagProblem(f"bad number {item.text!r} for {what}: weights and multipliers are limited to "
+        raise TagProblem(f"bad number {shown!r} for {what}: weights and multipliers are limited to "
                          f"±{MAX_WEIGHT:,.0f} (larger ones overflow the model's numbers); use a number such as "
                          f"0.8", item.pos, "bad number")
     return value
@@ -67,10 +73,19 @@ def _number(item: RawItem, what: str) -> float:
 
 #: Largest step a keyframe may name (past it, no sampling run reaches it; it also bounds int() of the text).
 MAX_STEP = 100_000
+#: Largest ``dyn`` rank: far above any LoRA's rank (a larger one keeps the full rank anyway); it also bounds
+#: int() of the text, which Python refuses past 4,300 digits.
+MAX_DYN = 100_000
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= 20 else f"{text[:17]}..."
+def _whole(digits: str, limit: int) -> int | None:
+    """``int(digits)`` for a run of decimal digits, or None above ``limit``: int() is never handed more
+    digits than the limit has (it raises ValueError past 4,300 of them)."""
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(limit)):
+        return None
+    value = int(significant or "0")
+    return value if value <= limit else None
 
 
 def _frame(value: float, at: float, unit: str) -> Keyframe:
@@ -81,23 +96,30 @@ def _frame(value: float, at: float, unit: str) -> Keyframe:
 def _keyframe(item: RawItem, what: str) -> Keyframe:
     value = _number(item, what)
     at = item.at or ""
+    written = f"@{at}%" if item.percent else f"@{at}"
+    if _NON_FINITE.fullmatch(at):   # nan/inf lex as numbers: the message every number position gives them
+        raise TagProblem(f"bad schedule for {what}: {clip(at)!r} is not a finite number; use a step (1, 2...), "
+                         f"a fraction of the run (0.5) or a percentage (50%)", item.at_pos, "bad schedule")
+    if not _POSITION.fullmatch(at):   # a sign or an exponent: '@-1', '@1e1', '@1e1%'
+        raise TagProblem(f"bad schedule for {what}: {clip(written)!r} is not a step (1, 2...), a fraction of the "
+                         f"run (0.0-1.0) or a percentage (50%)", item.at_pos, "bad schedule")
     if item.percent:
         percent = float(at)
-        if not 0.0 <= percent <= 100.0:
-            raise TagProblem(f"bad schedule for {what}: {at}% is not between 0% and 100%", item.at_pos,
+        if percent > 100.0:
+            raise TagProblem(f"bad schedule for {what}: {clip(at)}% is not between 0% and 100%", item.at_pos,
                              "bad schedule")
         return _frame(value, percent, "percent")
     if _STEP.fullmatch(at):
-        if len(at.lstrip("0")) > len(str(MAX_STEP)) or int(at) > MAX_STEP:   # no int() of 5,000 digits
-            raise TagProblem(f"bad schedule for {what}: step '@{_clip(at)}' is past any sampling run (at most "
+        step = _whole(at, MAX_STEP)
+        if step is None:
+            raise TagProblem(f"bad schedule for {what}: step '@{clip(at, 20)}' is past any sampling run (at most "
                              f"{MAX_STEP:,}); use a step of the run, or a fraction (0.5) or percentage (50%)",
                              item.at_pos, "bad schedule")
-        return _frame(value, float(int(at)), "step")
-    if "." in at and "e" not in at.lower() and not at.startswith(("-", "+")):
-        fraction = float(at)
-        if fraction <= 1.0:
-            return _frame(value, fraction, "fraction")
-    raise TagProblem(f"bad schedule for {what}: '@{at}' is not a step (1, 2...), a fraction of the run "
+        return _frame(value, float(step), "step")
+    fraction = float(at)
+    if fraction <= 1.0:
+        return _frame(value, fraction, "fraction")
+    raise TagProblem(f"bad schedule for {what}: {clip(written)!r} is not a step (1, 2...), a fraction of the run "
                      f"(0.0-1.0) or a percentage (50%)", item.at_pos, "bad schedule")
 
 
@@ -108,7 +130,8 @@ def _check_order(frames: list[Keyframe], items: tuple[RawItem, ...], what: str) 
         if frame.at is None:
             continue
         if frame.unit in last and frame.at <= last[frame.unit]:
-            raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '@{item.at}{'%' if item.percent else ''}' does not "
+            written = clip(f"@{item.at}{'%' if item.percent else ''}")
+            raise TagProblem(f"bad schedule for {what}: keyframes must go forward, '{written}' does not "
                              f"come after the previous one", item.at_pos, "bad schedule")
         last[frame.unit] = frame.at
 
@@ -117,7 +140,7 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
     if len(items) == 1 and items[0].kind == "call":
         call = items[0]
         if call.text.lower() != "lerp":
-            raise TagProblem(f"bad schedule for {what}: unknown function {call.text!r}; use lerp(w@K,w@K...)",
+            raise TagProblem(f"bad schedule for {what}: unknown function {clip(call.text)!r}; use lerp(w@K,w@K...)",
                              call.pos, "bad schedule")
         inner = _schedule(call.items, what)
         if len(call.items) < 2 or any(i.kind != "keyframe" for i in call.items):
@@ -131,16 +154,17 @@ def _schedule(items: tuple[RawItem, ...], what: str) -> Schedule:
                          f"allowed per weight (use lerp() for a ramp)", items[MAX_KEYFRAMES].pos, "bad schedule")
     if (len(items) == 2 and all(i.kind == "number" and i.text.isdigit() for i in items)
             and items[1].pos == items[0].pos + len(items[0].text) + 1):   # "0,8": a decimal comma
-        raise TagProblem(f"bad number for {what}: '{items[0].text},{items[1].text}' has a decimal comma; write "
-                         f"{items[0].text}.{items[1].text} (a ',' separates weight@step keyframes)", items[0].pos,
+        whole, decimals = items[0].text, items[1].text
+        raise TagProblem(f"bad number for {what}: {clip(whole + ',' + decimals)!r} has a decimal comma; write "
+                         f"{clip(whole + '.' + decimals)} (a ',' separates weight@step keyframes)", items[0].pos,
                          "bad number")
     frames = []
     for item in items:
         if item.kind == "number":
-            raise TagProblem(f"bad schedule for {what}: {item.text!r} has no '@STEP'; write weight@step "
+            raise TagProblem(f"bad schedule for {what}: {clip(item.text)!r} has no '@STEP'; write weight@step "
                              f"pairs like 0.1@1,0.6@6", item.pos, "bad schedule")
         if item.kind != "keyframe":
-            raise TagProblem(f"bad number {item.text!r} for {what}: expected a number or weight@step pairs",
+            raise TagProblem(f"bad number {clip(item.text)!r} for {what}: expected a number or weight@step pairs",
                              item.pos, "bad number")
         frames.append(_keyframe(item, what))
     _check_order(frames, items, what)
@@ -152,16 +176,20 @@ def _dyn(items: tuple[RawItem, ...]) -> int | None:
     int(0) on and slices the rank to nothing, a zero update no one means to ask for."""
     item = items[0]
     if len(items) != 1 or item.kind != "number" or not _STEP.fullmatch(item.text):
-        raise TagProblem(f"bad number {item.text!r} for dyn: expected a whole number of dimensions "
+        raise TagProblem(f"bad number {clip(item.text)!r} for dyn: expected a whole number of dimensions "
                          f"(0 = the full rank), e.g. dyn=16", item.pos, "bad number")
-    return int(item.text) or None
+    rank = _whole(item.text, MAX_DYN)
+    if rank is None:
+        raise TagProblem(f"bad number {clip(item.text)!r} for dyn: a rank is at most {MAX_DYN:,}; use the rank "
+                         f"to keep, e.g. dyn=16 (0 = the full rank)", item.pos, "bad number")
+    return rank or None
 
 
 def _modules(items: tuple[RawItem, ...]) -> tuple[str, ...]:
     names = []
     for item in items:
         if item.kind != "word" or item.text.lower() not in COMPONENT_NAMES:
-            raise TagProblem(f"unknown module {item.text!r}" + _did_you_mean(item.text, COMPONENT_NAMES),
+            raise TagProblem(f"unknown module {clip(item.text)!r}" + _did_you_mean(item.text, COMPONENT_NAMES),
                              item.pos, "unknown module")
         names.append(item.text.lower())
     return tuple(dict.fromkeys(names))
@@ -171,7 +199,7 @@ def _lbw(items: tuple[RawItem, ...]) -> BlockWeights:
     first = items[0]
     if len(items) == 1 and first.kind == "word":
         if first.text.upper() not in blocks.PRESETS:
-            raise TagProblem(f"unknown lbw preset {first.text!r}" + _did_you_mean(first.text.upper(),
+            raise TagProblem(f"unknown lbw preset {clip(first.text)!r}" + _did_you_mean(first.text.upper(),
                              blocks.PRESETS), first.pos, "unknown preset")
         return BlockWeights(preset=first.text.upper())
     values = tuple(_number(item, "lbw") if item.kind == "number" else _bad_lbw(item) for item in items)
@@ -183,7 +211,7 @@ def _lbw(items: tuple[RawItem, ...]) -> BlockWeights:
 
 
 def _bad_lbw(item: RawItem) -> float:
-    raise TagProblem(f"bad lbw value {item.text!r}: expected comma-separated numbers or one preset name",
+    raise TagProblem(f"bad lbw value {clip(item.text)!r}: expected comma-separated numbers or one preset name",
                      item.pos, "bad lbw")
 
 
@@ -194,7 +222,8 @@ def _named(arg: RawArg, fields: dict[str, object], seen: dict[str, int]) -> None
                          f"e.g. <lora:x:1:{key}>; for a weight per stage write one tag per stage "
                          f"(<lora:x:1:high> <lora:x:0.5:low>)", arg.key_pos, "unknown key")
     if key not in KEYS:
-        raise TagProblem(f"unknown key {arg.key!r}" + _did_you_mean(key, KEYS), arg.key_pos, "unknown key")
+        raise TagProblem(f"unknown key {clip(arg.key or '')!r}" + _did_you_mean(key, KEYS), arg.key_pos,
+                         "unknown key")
     if key in seen:
         raise TagProblem(f"duplicate key {key!r}: it is already set earlier in this tag", arg.key_pos,
                          "duplicate key")
@@ -221,8 +250,8 @@ def _word_problem(word: str) -> str:
                 f"(<lora:NAME:{key}={_EXAMPLE_VALUE.get(key, '0.5')}>), not {word}:value")
     close = _did_you_mean(word, (*KEYS, *STAGES))
     if close.startswith(" (did you mean"):
-        return f"unexpected word {word!r}{close} — keys need '=' (te=0.5)"
-    return (f"unexpected word {word!r}: expected a weight (0.8), key=value with a key of {', '.join(KEYS)}, "
+        return f"unexpected word {clip(word)!r}{close} — keys need '=' (te=0.5)"
+    return (f"unexpected word {clip(word)!r}: expected a weight (0.8), key=value with a key of {', '.join(KEYS)}, "
             f"or the bare word high or low")
 
 
@@ -252,6 +281,37 @@ def _positional(arg: RawArg, index: int, fields: dict[str, object], seen: dict[s
     return index + 1
 
 
+def _largest(schedule: object) -> float:
+    """The largest |weight| of a schedule (a ramp never passes its keyframes); 1 for a weight not given."""
+    if not isinstance(schedule, Schedule):
+        return 1.0
+    return max(abs(frame.value) for frame in schedule.keyframes)
+
+
+def _check_lbw_products(fields: dict[str, object], raw: RawTag) -> None:
+    """A weight times its lbw multiplier is what the model gets (docs/syntax.md, "The weight formula"): it is
+    bounded by :data:`MAX_WEIGHT` like each factor, or ``lbw=9999,...`` with 9999 would fuse ~1e8."""
+    lbw = fields.get("lbw")
+    if not isinstance(lbw, BlockWeights) or not lbw.values:   # presets multiply by 1 at most
+        return
+    te = fields.get("te") or fields.get("strength")
+    unet = fields.get("unet") or fields.get("strength") or te
+    largest = {"te": _largest(te), **{group: _largest(fields.get(_FIELD.get(group, group)) or unet)
+                                      for group in ("in", "mid", "out")}}
+    labels = {"te": "text-encoder weight", "in": "in-block weight", "mid": "mid-block weight",
+              "out": "out-block weight"}
+    block_ids = blocks.LBW_FORMS[blocks.FORM_BY_LENGTH[len(lbw.values)][1]]
+    items = next(arg.items for arg in raw.args if (arg.key or "").lower() == "lbw")
+    for block, multiplier, item in zip(block_ids, lbw.values, items):
+        group = blocks.block_group(block)
+        product = largest[group] * abs(multiplier)
+        if product > MAX_WEIGHT:
+            raise TagProblem(f"bad lbw value {clip(item.text)!r} for {block}: times the {labels[group]} "
+                             f"{largest[group]:g} it gives {product:,.2f}, past the ±{MAX_WEIGHT:,.0f} a weight may "
+                             f"reach (larger ones overflow the model's numbers); lower the multiplier or the "
+                             f"weight", item.pos, "bad lbw")
+
+
 def build_tag(raw: RawTag, text: str, span: tuple[int, int]) -> LoraTag:
     """Validates ``raw`` (parsed from ``text``) and returns the typed tag."""
     name = raw.name.strip()
@@ -266,4 +326,5 @@ def build_tag(raw: RawTag, text: str, span: tuple[int, int]) -> LoraTag:
             index = _positional(arg, index, fields, seen)
         else:
             _named(arg, fields, seen)
+    _check_lbw_products(fields, raw)
     return LoraTag.build({"name": name, "text": text, "span": span, "kind": raw.kind, **fields})

@@ -23,9 +23,10 @@ def _keyframe(frame: Keyframe) -> str:
         return _number(frame.value)
     if frame.unit == "step":
         return f"{_number(frame.value)}@{int(frame.at)}"
+    at = frame.at + 0.0   # -0.0 (a Keyframe built by hand) is written 0: the syntax takes no sign there
     if frame.unit == "percent":
-        return f"{_number(frame.value)}@{_fixed(frame.at).rstrip('0').rstrip('.')}%"
-    return f"{_number(frame.value)}@{_fixed(frame.at)}"
+        return f"{_number(frame.value)}@{_fixed(at).rstrip('0').rstrip('.')}%"
+    return f"{_number(frame.value)}@{_fixed(at)}"
 
 
 def format_number(value: float) -> str:

@@ -16,7 +16,7 @@ from ..errors import LoraSyntaxError
 from .build import TagProblem, build_tag
 from .grammar import PARSER, RawTag, parse_raw
 from .model import LoraTag, ParsedPrompt
-from .report import ERROR_EXAMPLES, lark_problem, syntax_error
+from .report import ERROR_EXAMPLES, QUOTED_TAG, clip, lark_problem, syntax_error
 
 _OPEN = re.compile(r"<[ \t]*(?:lora|lyco)\s*:", re.IGNORECASE)
 _CACHE_SIZE = 4096
@@ -100,39 +100,87 @@ def _find_tags(prompt: str) -> list[tuple[int, int, bool]]:
     return found
 
 
-def _join(left: str, right: str, final: bool) -> str:
-    """Glue the text around a removed tag: one space at most, no doubled or dangling comma."""
-    stripped_left, stripped_right = left.rstrip(" \t"), right.lstrip(" \t")
-    spaced = len(stripped_left) != len(left) or len(stripped_right) != len(right)
-    if stripped_right.startswith(",") and (not stripped_left.strip() or stripped_left.endswith((",", "\n"))):
+_TEXT = re.compile(r"\S")
+
+
+class _Pieces:
+    """The clean prompt being built: a list of non-empty pieces joined once at the end. Joining the text so far
+    at every removed tag copied it each time, quadratic in a prompt of thousands of tags (skip mode removes
+    every tag of a prompt past the limits); here each removal looks at the end of the last pieces only."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.with_text = 0   # pieces holding a non-space character
+
+    def add(self, piece: str) -> None:
+        if piece:
+            self.parts.append(piece)
+            self.with_text += _TEXT.search(piece) is not None
+
+    def rstrip(self) -> bool:
+        """Drop the spaces and tabs at the end; whether there were any."""
+        stripped = False
+        while self.parts:
+            last = self.parts[-1]
+            kept = last.rstrip(" \t")
+            if len(kept) == len(last):
+                break
+            stripped = True
+            if kept:
+                self.parts[-1] = kept
+                break
+            self.parts.pop()   # spaces and tabs only: no text
+        return stripped
+
+    def endswith(self, suffix: str | tuple[str, ...]) -> bool:
+        return bool(self.parts) and self.parts[-1].endswith(suffix)
+
+    def drop_last_char(self) -> None:
+        last = self.parts.pop()
+        self.with_text -= _TEXT.search(last) is not None
+        self.add(last[:-1])
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _join(out: _Pieces, right: str, final: bool) -> None:
+    """Glue ``right``, the text after a removed tag, to ``out``: one space at most, no doubled or dangling
+    comma."""
+    spaced = out.rstrip()
+    stripped_right = right.lstrip(" \t")
+    spaced = spaced or len(stripped_right) != len(right)
+    if stripped_right.startswith(",") and (not out.with_text or out.endswith((",", "\n"))):
         stripped_right = stripped_right[1:].lstrip(" \t")
         spaced = True
     if final and stripped_right.strip() == ",":   # a comma dangling at the end: "a <lora:x>,"
         stripped_right = ""
-    if final and not stripped_right.strip() and stripped_left.endswith(","):
-        stripped_left = stripped_left[:-1]
-    if not stripped_left or not stripped_right:
-        return stripped_left + stripped_right
-    glue = " " if spaced and not stripped_left.endswith("\n") and stripped_right[0] not in ",.;)\n" else ""
-    return stripped_left + glue + stripped_right
+    if final and not stripped_right.strip() and out.endswith(","):
+        out.drop_last_char()
+    if out.parts and stripped_right and spaced and not out.endswith("\n") and stripped_right[0] not in ",.;)\n":
+        out.add(" ")
+    out.add(stripped_right)
 
 
 def _clean(prompt: str, spans: list[tuple[int, int]]) -> str:
+    """``prompt`` without the text of ``spans`` (sorted, not overlapping), tidied at each removal."""
     if not spans:
         return prompt
-    out = prompt[:spans[0][0]]
+    out = _Pieces()
+    out.add(prompt[:spans[0][0]])
     starts = [s for s, _ in spans[1:]]
     for index, ((_, end), nxt) in enumerate(zip(spans, starts + [len(prompt)])):
-        out = _join(out, prompt[end:nxt], final=index == len(spans) - 1)
-    return out.strip()
+        _join(out, prompt[end:nxt], final=index == len(spans) - 1)
+    return out.text().strip()
 
 
 def _one(prompt: str, start: int, end: int, closed: bool) -> LoraTag | LoraSyntaxError:
     text = prompt[start:end]
     if not closed:
         shown = text.rstrip()
-        return syntax_error(f"unclosed tag: no '>' after {shown!r}; close it with '>' after its last value "
-                            f"({shown + '>'!r})", text=prompt, offset=start, tag=shown)
+        closed_form = f" ({shown + '>'!r})" if len(shown) < QUOTED_TAG else ""   # a clipped one would mislead
+        return syntax_error(f"unclosed tag: no '>' after {clip(shown, QUOTED_TAG)!r}; close it with '>' after "
+                            f"its last value{closed_form}", text=prompt, offset=start, tag=shown)
     result = _parse_tag(text)
     if isinstance(result, LoraTag):
         return result.with_position(text, (start, end))

@@ -76,10 +76,10 @@ def _lark_problem(error: UnexpectedInput, tag_text: str) -> tuple[str, int]:
             comma = tag_text.rfind(",", 0, pos)
             key = tag_text[comma + 1:pos].strip()
             if comma >= 0 and key.isidentifier():
-                return (f"'{key}=' comes after a ',': separate key=value pairs with ':' "
+                return (f"'{clip(key)}=' comes after a ',': separate key=value pairs with ':' "
                         f"(te=0.5:unet=0.3); a ',' separates keyframes of one weight"), comma
         shown = str(token).strip() or str(token)
-        return f"unexpected {shown!r}; expected {_expected(error)}", pos
+        return f"unexpected {clip(shown)!r}; expected {_expected(error)}", pos
     # UnexpectedEOF, or an UnexpectedToken at $END: Lark's column is unreliable, the end is ours.
     assert isinstance(error, (UnexpectedEOF, UnexpectedToken))
     return f"the tag ends too early; expected {_expected(error)}", max(0, len(tag_text) - 1)
@@ -118,8 +118,17 @@ def caret_block(text: str, offset: int) -> str:
     return f"  {lead}{shown}{tail}\n  {_pad(lead + line[left:column])}^"
 
 
-def _short(tag: str) -> str:
-    return tag if len(tag) <= 80 else tag[:77] + "..."
+#: Characters of user text a message quotes (a tag, a number, a word): a 5,000-digit number or a 60,000-character
+#: unclosed tag is shown by its start, so a message stays a few lines long whatever was typed.
+QUOTED = 40
+QUOTED_TAG = 80
+#: The longest problem text a message carries; every quote is clipped first, this only bounds what slips through.
+MAX_PROBLEM = 400
+
+
+def clip(text: str, width: int = QUOTED) -> str:
+    """``text`` whole when it fits ``width`` characters, else its start and '...'."""
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def syntax_error(problem: str, *, text: str, offset: int, tag: str) -> LoraSyntaxError:
@@ -127,5 +136,6 @@ def syntax_error(problem: str, *, text: str, offset: int, tag: str) -> LoraSynta
     offset = min(max(offset, 0), max(len(text) - 1, 0))
     line, column, _ = _line_at(text, offset)
     where = f"line {line}, column {column + 1}" if "\n" in text else f"column {column + 1}"
-    message = f"LoRA tag {_short(tag)!r} at {where}: {problem}\n{caret_block(text, offset)}"
+    shown = clip(tag, QUOTED_TAG)
+    message = f"LoRA tag {shown!r} at {where}: {clip(problem, MAX_PROBLEM)}\n{caret_block(text, offset)}"
     return LoraSyntaxError(message, text=text, column=offset + 1, tag=tag)
