@@ -77,6 +77,17 @@ def _values_first(read: PendingRead | _InMemory) -> Iterator[None]:
         raise
 
 
+def _fp8(tensor: torch.Tensor) -> bool:
+    """fp8 factors (FLUX LoRAs saved as float8_e4m3fn or e5m2) have no ``max`` or ``norm`` kernel on the CPU:
+    they are read as fp32, one tensor at a time, as the adapters read them."""
+    return tensor.is_floating_point() and tensor.element_size() == 1
+
+
+def _readable(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in a dtype torch's reductions take (:func:`_fp8`)."""
+    return tensor.float() if _fp8(tensor) else tensor
+
+
 def large_values(state_dict: Mapping[str, torch.Tensor], name: str, peak: float = math.inf) -> tuple[str, ...]:
     """A warning naming the tensor with the largest |value| when it passes :data:`LARGE_VALUE` (alphas aside).
     ``peak``: a known bound on every |value| (the reader's fused check); when it is under the limit, or else
@@ -86,13 +97,16 @@ def large_values(state_dict: Mapping[str, torch.Tensor], name: str, peak: float 
     factors = {k: t for k, t in state_dict.items() if not k.endswith("alpha") and t.is_floating_point() and t.numel()}
     if not factors:
         return ()
+    wide = [t for t in factors.values() if not _fp8(t)]
+    narrow = [t for t in factors.values() if _fp8(t)]
     try:
-        bound = float(torch.nn.utils.get_total_norm(list(factors.values()), error_if_nonfinite=False))
+        norms = [float(torch.nn.utils.get_total_norm(wide, error_if_nonfinite=False))] if wide else []
+        bound = math.hypot(*norms, *(float(torch.linalg.vector_norm(_readable(t))) for t in narrow))
     except (AttributeError, RuntimeError, TypeError):   # torch < 2.6, or dtypes without a norm
         bound = float("inf")
     if bound <= LARGE_VALUE:
         return ()
-    peaks = {key: float(tensor.detach().abs().max().float()) for key, tensor in factors.items()}
+    peaks = {key: float(_readable(tensor).detach().abs().max().float()) for key, tensor in factors.items()}
     key = max(peaks, key=peaks.__getitem__)
     if peaks[key] <= LARGE_VALUE:
         return ()
@@ -113,32 +127,63 @@ def check_architecture(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[
 
 
 def _shapes_of(params: ModuleParams) -> str:
-    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(params.params.items()) if v.ndim)
+    """``"lora_down.weight (4, 32), lora_up.weight (32, 4)"``: the module's tensors, alpha aside (a scalar
+    says nothing about shapes); any other scalar shows as ``()``, so the list is never empty."""
+    shown = [f"{k} {tuple(v.shape)}" for k, v in sorted(params.params.items()) if v.ndim or k != "alpha"]
+    return ", ".join(shown) or ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(params.params.items()))
+
+
+def _where(params: ModuleParams, name: str) -> str:
+    """``LoRA 'name', key 'file key' -> component.module``: a weight key, not the alpha scalar."""
+    target = params.target
+    keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
+    return f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
 
 
 def _check_shape(adapter: Adapter, params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> None:
     """Compare the shape of the adapter's change (``Adapter.check_fits``) with the module's weight."""
     target = params.target
     info = tree.get(target.component, target.module)
-
-    def where() -> str:   # built only for a message: most modules fit
-        keys = [key for key in params.source_keys if not key.endswith("alpha")] or list(params.source_keys)
-        return f"LoRA '{name}', key '{keys[0] if keys else target.module}' -> {target.component}.{target.module}"
-
     try:
         shape = adapter.check_fits(info.weight_shape)
         bias = adapter.bias_delta()
     except (LoraShapeError, RuntimeError, ValueError) as err:
         detail = "" if isinstance(err, LoraShapeError) else f" ({err})"  # the adapter's text repeats ours
-        raise LoraShapeError(f"{where()}: the module's weight has shape {info.weight_shape} but the file has "
-                             f"{_shapes_of(params)}; the LoRA was made for another model{detail}.",
+        raise LoraShapeError(f"{_where(params, name)}: the module's weight has shape {info.weight_shape} but the "
+                             f"file has {_shapes_of(params)}; the LoRA was made for another model{detail}.",
                              path=path) from err
     if tuple(shape) != info.weight_shape:
-        raise LoraShapeError(f"{where()}: expected a change of shape {info.weight_shape}, found "
+        raise LoraShapeError(f"{_where(params, name)}: expected a change of shape {info.weight_shape}, found "
                              f"{tuple(shape)} (from {_shapes_of(params)})", path=path)
     if bias is not None and (not info.has_bias or bias.numel() != info.weight_shape[0]):
         expected = f"({info.weight_shape[0]},)" if info.has_bias else "no bias (the module has none)"
-        raise LoraShapeError(f"{where()}: bias change of shape {tuple(bias.shape)}, expected {expected}", path=path)
+        raise LoraShapeError(f"{_where(params, name)}: bias change of shape {tuple(bias.shape)}, expected {expected}",
+                             path=path)
+
+
+def _fused_rows_of(adapter: Adapter) -> set[int]:
+    """The output rows a fused module's adapter holds (its factors', and a per-row DoRA scale's); empty when
+    the type does not say."""
+    rows = getattr(adapter, "out_features", None)
+    found = set() if rows is None else {int(rows)}
+    scale = getattr(adapter, "dora_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.dim() >= 1 and not (scale.dim() >= 2 and scale.shape[0] == 1):
+        found.add(int(scale.shape[0]))   # per output row; a (1, in) scale is per input column
+    return found
+
+
+def _check_fused_rows(adapter: Adapter, params: ModuleParams, name: str, path: Path | None) -> None:
+    """A fused file module (FLUX ``qkv``, ``linear1``) split by rows must hold exactly the rows of the modules
+    it is split onto: slicing would silently drop any rows past them."""
+    expected = params.fused_rows
+    found = _fused_rows_of(adapter)
+    if expected is None or not found or found == {expected}:
+        return
+    start, stop = params.rows
+    raise LoraShapeError(f"{_where(params, name)}: the fused module is split onto the model's modules by output "
+                         f"rows ({expected} in all; this module takes rows {start}:{stop}), but the file has "
+                         f"{_shapes_of(params)} ({' and '.join(map(str, sorted(found)))} rows); the LoRA was made "
+                         "for another model.", path=path)
 
 
 def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) -> ModulePatch:
@@ -147,6 +192,7 @@ def _patch(params: ModuleParams, tree: ModelTree, name: str, path: Path | None) 
     try:
         adapter = build_adapter(params.params, where=where)
         if params.rows is not None:
+            _check_fused_rows(adapter, params, name, path)
             adapter = sliced(adapter, *params.rows)
     except LoraFileError as err:
         raise type(err)(str(err), path=path) from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import torch
@@ -33,12 +34,33 @@ def scalar(value: torch.Tensor, name: str, kind: str) -> float:
     return float(value.float().item())
 
 
-def fit(delta: torch.Tensor, shape: torch.Size | tuple[int, ...], kind: str, where: str) -> torch.Tensor:
-    """``delta`` reshaped to the module's weight ``shape``; a size mismatch is a :class:`LoraShapeError`.
+def same_layout(natural: tuple[int, ...] | torch.Size, shape: tuple[int, ...] | torch.Size, *,
+                flatten: bool = True) -> bool:
+    """Whether a change of shape ``natural`` is a change of a weight of ``shape``: the same shape once trailing
+    unit axes are dropped (a conv-1x1 LoRA on a linear weight and back) or, with ``flatten``, the same rows
+    when one side is the 2-D ``(out, in·kh·kw)`` form of the other (a conv LoRA on a linear weight of that
+    size; LoHa writes conv changes so). The number of values agreeing is not enough: a ``(16, 64)`` change
+    is not a ``(32, 32)`` weight's."""
+    natural, shape = tuple(natural), tuple(shape)
+    if natural == shape or _squeezed(natural) == _squeezed(shape):
+        return True
+    return (flatten and 2 in (len(natural), len(shape)) and len(natural) >= 2 and len(shape) >= 2
+            and natural[0] == shape[0] and math.prod(natural[1:]) == math.prod(shape[1:]))
 
-    Reshaping (not only equality) lets a conv-1x1 LoRA patch a linear weight and vice versa.
-    """
-    if delta.numel() != torch.Size(shape).numel():
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its trailing unit axes past the first two (``(out, in, 1, 1)`` -> ``(out, in)``)."""
+    end = len(shape)
+    while end > 2 and shape[end - 1] == 1:
+        end -= 1
+    return shape[:end]
+
+
+def fit(delta: torch.Tensor, shape: torch.Size | tuple[int, ...], kind: str, where: str, *,
+        flatten: bool = True) -> torch.Tensor:
+    """``delta`` reshaped to the module's weight ``shape`` when :func:`same_layout` says it is one; otherwise
+    a :class:`LoraShapeError`."""
+    if not same_layout(delta.shape, shape, flatten=flatten):
         at = f" at {where}" if where else ""
         raise LoraShapeError(
             f"{kind} adapter{at} builds a weight change of shape {tuple(delta.shape)}, but the module's "
@@ -91,3 +113,20 @@ def check_inner(kind: str, *pairs: tuple[str, torch.Tensor, int, str, torch.Tens
         if a.dim() <= axis_a or b.dim() <= axis_b or a.shape[axis_a] != b.shape[axis_b]:
             raise LoraFactorsError(f"{kind} factors do not fit each other: {name_a} {tuple(a.shape)} and "
                                  f"{name_b} {tuple(b.shape)} must share a rank dimension; the file is damaged.")
+
+
+def check_matrix(kind: str, *named: tuple[str, torch.Tensor | None]) -> None:
+    """Factors that are matrices (``(rows, cols[, kh, kw])``): a 1-D or 0-D one is a damaged file, named,
+    rather than an ``IndexError`` when its second axis is read."""
+    for name, tensor in named:
+        if tensor is not None and tensor.dim() < 2:
+            raise LoraFactorsError(f"{kind} factor {name} has shape {tuple(tensor.shape)}; it should be a matrix "
+                                   "with 2 or more axes. The file is damaged.")
+
+
+def check_unit_kernel(kind: str, name: str, tensor: torch.Tensor, why: str) -> None:
+    """A factor whose axes past the first two must be 1 (a LoRA ``up``, a Tucker ``down``): a kernel there
+    has no place in the formula, so the file is damaged, not merely made for another model."""
+    if any(size != 1 for size in tensor.shape[2:]):
+        raise LoraFactorsError(f"{kind} factor {name} has shape {tuple(tensor.shape)}, but {why}; "
+                               "the file is damaged.")

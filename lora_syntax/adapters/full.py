@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import LoraFactorsError
 from ._common import ShapesRepr, f32, fit, to_device
 from .base import Adapter
 
@@ -37,6 +38,11 @@ class FullAdapter(ShapesRepr, Adapter):
 
     @classmethod
     def from_params(cls, params: Mapping[str, torch.Tensor]) -> "FullAdapter":
+        for name in ("diff", "diff_b"):
+            value = params.get(name)
+            if value is not None and value.dim() == 0:
+                raise LoraFactorsError(f"full adapter's {name} is a scalar (one number, shape ()), not the "
+                                       "weight change it stores; the file is damaged.")
         return cls(diff=params.get("diff"), diff_b=params.get("diff_b"))
 
     @property
@@ -47,7 +53,8 @@ class FullAdapter(ShapesRepr, Adapter):
     def delta(self, weight: torch.Tensor) -> torch.Tensor:
         if self.diff is None:
             return torch.zeros(weight.shape, device=weight.device)
-        return fit(full_delta(f32(self.diff, weight), weight.shape), weight.shape, "full", self.where)
+        # the stored change is the weight's own shape: only trailing 1x1 axes may differ (conv 1x1 <-> linear)
+        return fit(full_delta(f32(self.diff, weight), weight.shape), weight.shape, "full", self.where, flatten=False)
 
     def bias_delta(self) -> torch.Tensor | None:
         return None if self.diff_b is None else self.diff_b.float()

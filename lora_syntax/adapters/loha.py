@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, scalar, to_device
+from ._common import ShapesRepr, alpha_scale, check_inner, check_matrix, f32, fit, require, scalar, to_device
 from .base import Adapter
 
 _NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -59,6 +59,7 @@ class LohaAdapter(ShapesRepr, Adapter):
         if ("hada_t1" in params) != ("hada_t2" in params):
             require(params, ("hada_t1", "hada_t2"), "LoHa (Tucker)")
         t1, t2 = params.get("hada_t1"), params.get("hada_t2")
+        check_matrix("LoHa", *((name, params.get(name)) for name in (*_NAMES, "hada_t1", "hada_t2")))
         if t1 is None:
             check_inner("LoHa", ("hada_w1_a", w1_a, 1, "hada_w1_b", w1_b, 0),
                         ("hada_w2_a", w2_a, 1, "hada_w2_b", w2_b, 0))

@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import LoraFileError
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, scalar, to_device
+from ..errors import LoraFactorsError, LoraFileError
+from ._common import ShapesRepr, alpha_scale, check_inner, check_matrix, f32, fit, scalar, to_device
 from .base import Adapter
 
 
@@ -91,6 +91,14 @@ class LokrAdapter(ShapesRepr, Adapter):
         if not (has("lokr_w2") or (has("lokr_w2_a") and has("lokr_w2_b"))):
             raise LoraFileError("LoKr adapter needs lokr_w2, or lokr_w2_a and lokr_w2_b (and lokr_t2 for "
                                 f"Tucker); it has {', '.join(sorted(params))}.")
+        layouts = (("lokr_w1", ("lokr_w1_a", "lokr_w1_b")), ("lokr_w2", ("lokr_w2_a", "lokr_w2_b", "lokr_t2")))
+        for whole, parts in layouts:
+            mixed = [name for name in parts if has(name)]
+            if has(whole) and mixed:
+                raise LoraFactorsError(f"LoKr adapter has both {whole} and {', '.join(mixed)}: two layouts of one "
+                                       "Kronecker factor, and which one the trainer meant is unknown; the file is "
+                                       "damaged. Re-export it.")
+        check_matrix("LoKr", *((name, params.get(name)) for name in sorted(cls.param_names - {"alpha"})))
         _check_lokr(params)
         alpha = params.get("alpha")
         full1, full2 = has("lokr_w1"), has("lokr_w2")

@@ -8,15 +8,14 @@ r is ``down``'s first dimension; a file without ``alpha`` (or alpha 0) has scale
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
 
-from ._common import ShapesRepr, alpha_scale, check_inner, f32, fit, require, scalar, to_device
+from ._common import (ShapesRepr, alpha_scale, check_inner, check_matrix, check_unit_kernel, f32, fit, require,
+                      same_layout, scalar, to_device)
 from .base import Adapter
 
 
@@ -68,10 +67,14 @@ class LoraAdapter(ShapesRepr, Adapter):
     def from_params(cls, params: Mapping[str, torch.Tensor]) -> "LoraAdapter":
         up, down = require(params, ("lora_up.weight", "lora_down.weight"), "LoRA")
         alpha, mid = params.get("alpha"), params.get("lora_mid.weight")
+        check_matrix("LoRA", ("lora_up.weight", up), ("lora_down.weight", down), ("lora_mid.weight", mid))
         check_inner("LoRA", ("lora_up.weight", up, 1, "lora_down.weight", down, 0))
+        check_unit_kernel("LoRA", "lora_up.weight", up, "an up factor is (out, rank) or (out, rank, 1, 1)")
         if mid is not None:
             check_inner("LoRA", ("lora_up.weight", up, 1, "lora_mid.weight", mid, 0),
                         ("lora_mid.weight", mid, 1, "lora_down.weight", down, 0))
+            check_unit_kernel("LoRA", "lora_down.weight", down,
+                              "with a Tucker lora_mid.weight the kernel is the mid factor's; down is (rank, in, 1, 1)")
         return cls(up=up, down=down, mid=mid,
                    alpha=None if alpha is None else scalar(alpha, "alpha", "LoRA"))
 
@@ -95,13 +98,13 @@ class LoraAdapter(ShapesRepr, Adapter):
     def check_fits(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
         kernel = (self.mid if self.mid is not None else self.down).shape[2:]
         natural = (self.out_features, int(self.down.shape[1]), *kernel)
-        if math.prod(natural) == math.prod(shape):   # what fit() checks, without making a meta tensor
+        if same_layout(natural, shape):   # what fit() checks, without making a meta tensor
             return torch.Size(shape)
         return fit(torch.empty(natural, device="meta"), shape, "LoRA", self.where).shape
 
     def low_rank(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         up, down = lora_factors(self.up, self.down, self.mid, self.scale)
-        if up.shape[0] * down.shape[1] != torch.Size(shape).numel():
+        if not same_layout((up.shape[0], down.shape[1]), shape):
             fit(torch.empty(up.shape[0], down.shape[1], device="meta"), shape, "LoRA", self.where)
         return up, down
 

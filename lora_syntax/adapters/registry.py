@@ -42,12 +42,16 @@ SCALAR_PARAMS = frozenset({"alpha", "on_input"})
 
 def check_values(params: Mapping[str, torch.Tensor], where: str) -> None:
     """Refuse what no adapter formula can take: an empty factor (rank 0: ``alpha / rank`` divides by zero,
-    and it changes nothing) and a factor that is not floating point (bool or int8 tensors are not weights)."""
+    and it changes nothing), a factor that is not floating point (bool or int8 tensors are not weights) and
+    an alpha that is not a real number (a complex one would lose its imaginary part, a bool means nothing)."""
     for name, tensor in sorted(params.items()):
         if tensor.numel() == 0:
             raise LoraFileError(f"{where}: {name} has shape {tuple(tensor.shape)}, with no values (a rank-0 "
                                 "LoRA); it changes nothing and cannot be applied. The file was saved empty for this "
                                 "module: re-export it, or remove the LoRA.")
+        if name == "alpha" and (tensor.dtype == torch.bool or tensor.is_complex()):
+            raise LoraFileError(f"{where}: alpha holds a {str(tensor.dtype).removeprefix('torch.')} value; alpha must "
+                                "be a real number (float or integer). The file is damaged.")
         scalar = name in SCALAR_PARAMS and tensor.numel() == 1
         if not (tensor.is_floating_point() or scalar):
             raise LoraFileError(f"{where}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values; LoRA "

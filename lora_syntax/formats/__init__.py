@@ -33,9 +33,9 @@ def pick_dialect(keys: Collection[str], *, name: str = "LoRA") -> KeyDialect:
         if score > 0 and score >= best_score:
             best, best_score = dialect, score
     if best is None:
-        sample = ", ".join(sorted(keys)[:3]) or "(no tensors)"
+        sample = ", ".join(key if key.strip() else f"{key!r} (an empty name)" for key in sorted(keys)[:3])
         raise LoraFileError(f"{name!r}: no known LoRA key layout (kohya, LyCORIS, diffusers/PEFT...) matches "
-                            f"its keys, e.g. {sample}; is it a LoRA file?")
+                            f"its keys, e.g. {sample or '(no tensors)'}; is it a LoRA file?")
     return best
 
 

@@ -24,13 +24,15 @@ class ModuleParams:
     """One module's adapter parameters, as found in the file.
 
     ``rows`` is set when a fused module in the file (FLUX kohya ``qkv``, ``linear1``) is split onto
-    separate model modules: this target takes output rows ``rows[0]:rows[1]`` of the fused delta.
+    separate model modules: this target takes output rows ``rows[0]:rows[1]`` of the fused delta, whose
+    rows number ``fused_rows`` (the sum over its targets: a file with more or fewer was made for another model).
     """
 
     target: ModuleTarget
     params: Mapping[str, torch.Tensor]
     source_keys: tuple[str, ...]
     rows: tuple[int, int] | None = None
+    fused_rows: int | None = None
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def _targets(tree: ModelTree, place: Placement, entry: _Entry) -> list[ModulePar
         return None
     config = tree.config.get(place.component)
     return [ModuleParams(ModuleTarget(place.component, m, block_of(tree.architecture, place.component, m, config)),
-                         params, entry.keys, r) for m, r in zip(place.modules, rows)]
+                         params, entry.keys, r, rows[-1][1]) for m, r in zip(place.modules, rows)]
 
 
 def group_with(state_dict: Mapping[str, torch.Tensor], tree: ModelTree, suffixes: Mapping[str, str],

@@ -14,12 +14,15 @@ PEFT files carry no alpha (scale 1) unless ``.alpha`` keys or diffusers' ``lora_
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 import torch
 
+from ..errors import LoraFileError
 from ..io import parse_json
 from ..keymaps.kohya import text_model_alias
 from ..keymaps.tree import ModelTree
@@ -38,6 +41,7 @@ SUFFIXES = {
 
 COMPONENT_PREFIXES = ("unet", "transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3")
 WRAPPERS = ("base_model.model.",)  # PEFT's own wrapper prefix, dropped
+FLOAT32_MAX = torch.finfo(torch.float32).max   # alphas are kept as float32 tensors
 
 
 @lru_cache(maxsize=1 << 16)   # scoring and grouping parse each key, and LoRAs for one model share keys
@@ -100,33 +104,78 @@ def _dora_shape(params: ModuleParams, tree: ModelTree) -> ModuleParams:
     if scale is None or info is None or scale.ndim != 1:
         return params
     shaped = scale.reshape(scale.shape[0], *([1] * (len(info.weight_shape) - 1)))
-    return ModuleParams(params.target, {**params.params, "dora_scale": shaped}, params.source_keys, params.rows)
+    return replace(params, params={**params.params, "dora_scale": shaped})
 
 
-def _alpha_for(module: str, alpha: float | None, pattern: Mapping[str, float]) -> float | None:
-    for key, value in pattern.items():
-        if module == key or re.match(rf"(.*\.)?{key}$", module):
-            return float(value)
+def _alpha_for(module: str, alpha: float | None, patterns: Sequence[tuple[re.Pattern[str], float]]) -> float | None:
+    """The alpha of ``module``: the first ``alpha_pattern`` entry matching it, else the component's."""
+    for pattern, value in patterns:
+        if pattern.match(module):
+            return value
     return alpha
+
+
+def _damaged(key: str, value: object, why: str) -> LoraFileError:
+    """The error for a damaged metadata entry (the loader names the file before it)."""
+    try:
+        shown = repr(value)
+    except ValueError:   # an integer past Python's digit limit for str()
+        shown = "a number too long to show"
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return LoraFileError(f"its lora_adapter_metadata is damaged: {key} is {shown}, but {why}. "
+                         "Re-save the LoRA, or remove its lora_adapter_metadata.")
+
+
+def _real(value: object, key: str) -> float:
+    """A metadata alpha as a float; anything but a finite real number (a string, a list, a bool, JSON's
+    ``1e400`` read as infinity, ``NaN``, a number past float32's range, where alphas are kept) is damaged
+    metadata."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number) and abs(number) <= FLOAT32_MAX:
+            return number
+    raise _damaged(key, value, "an alpha must be a finite real number (within float32's range)")
+
+
+def _patterns(config: Mapping[str, object], key: str) -> list[tuple[re.Pattern[str], float]]:
+    """The ``alpha_pattern`` at ``key`` (``{module regex: alpha}``), matched as PEFT's ``get_pattern_key``:
+    ``(.*\\.)?(regex)$`` from the start of the module path."""
+    table = config.get(key) or {}
+    if not isinstance(table, dict):
+        raise _damaged(key, table, "an alpha_pattern must map module names to alphas")
+    patterns = []
+    for name, value in table.items():
+        try:
+            pattern = re.compile(rf"(.*\.)?({name})$")
+        except (re.error, RecursionError, OverflowError) as err:   # RecursionError: ((((... nested too deep
+            raise _damaged(f"{key}[{name!r}]", name, f"its name is not a valid pattern ({err})") from err
+        patterns.append((pattern, _real(value, f"{key}[{name!r}]")))
+    return patterns
 
 
 def apply_adapter_metadata(grouped: Grouped, metadata: Mapping[str, str] | None, source: str = "this file") -> Grouped:
     """Add ``alpha`` from diffusers' ``lora_adapter_metadata`` to modules whose keys carry none
-    (``source`` names the file in the warning about metadata that is not JSON)."""
+    (``source`` names the file in the warning about metadata that is not JSON). An alpha that is not a
+    finite real number, or a pattern that is not a valid one, is a :class:`LoraFileError` naming its key."""
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return grouped
     config = parse_json(raw, what=f"the lora_adapter_metadata of {source}")
     if not isinstance(config, dict):
         return grouped
+    alphas: dict[str, tuple[float | None, list[tuple[re.Pattern[str], float]]]] = {}
     modules = []
     for params in grouped.modules:
         component = params.target.component
-        alpha = config.get(f"{component}.lora_alpha")
-        pattern = config.get(f"{component}.alpha_pattern") or {}
-        value = _alpha_for(params.target.module, alpha, pattern)
+        if component not in alphas:   # checked once per component, whether or not a module needs it
+            alpha = config.get(f"{component}.lora_alpha")
+            alphas[component] = (None if alpha is None else _real(alpha, f"{component}.lora_alpha"),
+                                 _patterns(config, f"{component}.alpha_pattern"))
+        value = _alpha_for(params.target.module, *alphas[component])
         if "alpha" not in params.params and value is not None and "lora_down.weight" in params.params:
-            params = ModuleParams(params.target, {**params.params, "alpha": torch.tensor(float(value))},
-                                  params.source_keys, params.rows)
+            params = replace(params, params={**params.params, "alpha": torch.tensor(value)})
         modules.append(params)
     return Grouped(modules, grouped.unmatched)
